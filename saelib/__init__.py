@@ -1,0 +1,10 @@
+"""saelib: a minimal, fast companion library to DeepMind's Gated and JumpReLU sparse autoencoder papers."""
+from .base import SAE, LossOutput
+from .gated import GatedSAE
+from .jumprelu import JumpReLUSAE
+from .relu import ReLUSAE
+from .topk import TopKSAE
+
+ARCHITECTURES = {cls.architecture: cls for cls in (ReLUSAE, GatedSAE, JumpReLUSAE, TopKSAE)}
+
+__all__ = ["SAE", "LossOutput", "ReLUSAE", "GatedSAE", "JumpReLUSAE", "TopKSAE", "ARCHITECTURES"]

@@ -1,0 +1,159 @@
+"""What every sparse autoencoder in saelib shares: the output record, the module base class, and the
+small validation helpers used by every constructor and config.
+
+Weight layout follows SAELens (so files travel): W_enc is [d_in, d_sae], W_dec is [d_sae, d_in];
+row i of W_dec is feature i's decoder direction (a "column" of W_dec in the papers' notation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- validation helpers
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    """Raise ValueError naming the parameter, the value and the allowed values."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> None:
+    kind = "integer" if integer else "number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise ValueError(f"{name}={value!r} must be a {kind}")
+    if value != value:  # NaN
+        raise ValueError(f"{name}={value!r} must be a finite {kind}")
+    if (value < 0) if allow_zero else (value <= 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}={value!r} is out of range; allowed: a {kind} {bound}")
+
+
+def check_range(name: str, value: Any, low: float, high: float, *, inclusive: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number")
+    inside = (low <= value <= high) if inclusive else (low < value < high)
+    if not inside:
+        brackets = "[]" if inclusive else "()"
+        raise ValueError(f"{name}={value!r} is out of range; allowed: {brackets[0]}{low}, {high}{brackets[1]}")
+
+
+def random_directions(n: int, d: int, norm: float = 1.0) -> torch.Tensor:
+    """[n, d] rows drawn uniformly on the sphere of radius `norm` (uses the global torch RNG)."""
+    w = torch.randn(n, d)
+    return w * (norm / w.norm(dim=1, keepdim=True))
+
+
+def check_sparsity_coeff(value: Any) -> None:
+    """sparsity_coeff must be a number >= 0 (tensors, e.g. from a warm-up schedule, are trusted)."""
+    if not isinstance(value, torch.Tensor):
+        check_positive("sparsity_coeff", value, allow_zero=True)
+
+
+# ----------------------------------------------------------------------------- output record
+
+@dataclass
+class LossOutput:
+    """What `sae.loss(x, sparsity_coeff)` returns.
+
+    loss            scalar to backpropagate: reconstruction + sparsity_coeff * sparsity + aux
+    reconstruction  scalar, the reconstruction term as it enters the loss
+    sparsity        scalar, the penalty *before* multiplying by sparsity_coeff
+    aux             scalar, auxiliary term (Gated's frozen-decoder reconstruction, TopK's AuxK); 0 elsewhere
+    f               [batch, d_sae] feature activations
+    x_hat           [batch, d_in] reconstruction
+    """
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    sparsity: torch.Tensor
+    aux: torch.Tensor
+    f: torch.Tensor
+    x_hat: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- base module
+
+class SAE(nn.Module):
+    """Base class. Subclasses define `encode`, `decode`, `loss` and list their encoder-side weights.
+
+    Hooks the training loop calls every step (defaults do nothing):
+      before_optimizer_step()   e.g. remove the gradient component parallel to unit-norm decoder rows
+      after_optimizer_step()    e.g. renormalise decoder rows to unit norm
+    """
+
+    architecture: str = "base"
+    # weights multiplied by the input (scaled by s when folding an input scaling factor into the SAE)
+    _input_weights: tuple[str, ...] = ("W_enc",)
+
+    def __init__(self, d_in: int, d_sae: int):
+        super().__init__()
+        check_positive("d_in", d_in, integer=True)
+        check_positive("d_sae", d_sae, integer=True)
+        self.d_in = d_in
+        self.d_sae = d_sae
+
+    # --- to be provided by subclasses ---------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # [batch, d_in] -> [batch, d_sae]
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments (written to cfg.json by saelib.io)."""
+        return {"d_in": self.d_in, "d_sae": self.d_sae}
+
+    # --- shared --------------------------------------------------------------------------------
+    def decode(self, f: torch.Tensor) -> torch.Tensor:  # [batch, d_sae] -> [batch, d_in]
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def decoder_norms(self) -> torch.Tensor:  # [d_sae]
+        return self.W_dec.norm(dim=1)
+
+    @property
+    def wants_resampling(self) -> bool:
+        return False
+
+    # Unit-norm decoder rows (standard, Gated, JumpReLU and TopK defaults; not the April-update variants)
+    normalize_decoder: bool = False
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Remove the gradient component parallel to each (unit-norm) decoder row."""
+        if self.normalize_decoder and self.W_dec.grad is not None:
+            W, G = self.W_dec, self.W_dec.grad                          # [d_sae, d_in]
+            G.sub_((G * W).sum(dim=1, keepdim=True) * W)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Renormalise decoder rows to unit norm."""
+        if self.normalize_decoder:
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"x has trailing dimension {x.shape[-1]} but this SAE has d_in={self.d_in}")
+
+    @torch.no_grad()
+    def fold_input_scaling(self, scale: float) -> None:
+        """Make an SAE trained on `scale * x` act directly on raw x (same codes, raw-space output).
+
+        encoder weights *= scale; W_dec, b_dec /= scale (pre-activations and thresholds are unchanged).
+        """
+        check_positive("scale", float(scale))
+        for name in self._input_weights:
+            getattr(self, name).mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_sae={self.d_sae}"
