@@ -1,10 +1,9 @@
 """saelib: a minimal, fast companion library to DeepMind's Gated and JumpReLU sparse autoencoder papers."""
+from .architectures import ARCHITECTURES, create_sae
 from .base import SAE, LossOutput
 from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
 from .topk import TopKSAE
 
-ARCHITECTURES = {cls.architecture: cls for cls in (ReLUSAE, GatedSAE, JumpReLUSAE, TopKSAE)}
-
-__all__ = ["SAE", "LossOutput", "ReLUSAE", "GatedSAE", "JumpReLUSAE", "TopKSAE", "ARCHITECTURES"]
+__all__ = ["SAE", "LossOutput", "ReLUSAE", "GatedSAE", "JumpReLUSAE", "TopKSAE", "ARCHITECTURES", "create_sae"]

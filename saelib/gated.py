@@ -35,6 +35,7 @@ PENALTY_DECODER = ("unfrozen", "frozen")
 
 class GatedSAE(SAE):
     architecture = "gated"
+    _input_weights = ("W_gate",)
 
     def __init__(self, d_in: int, d_sae: int, mag_weights: str = "r_mag", aux_decoder: str = "frozen",
                  penalty: str = "l1", penalty_decoder: str = "unfrozen",
@@ -141,12 +142,13 @@ class GatedSAE(SAE):
 
         theta = self.jumprelu_threshold().clamp_min(0.0)
         sae = JumpReLUSAE(self.d_in, self.d_sae, normalize_decoder=self.normalize_decoder)
+        sae = sae.to(device=self.W_dec.device, dtype=self.W_dec.dtype)
         sae.W_enc.copy_(self.W_gate * torch.exp(self.r_mag))
         sae.b_enc.copy_(self.b_mag)
         sae.log_threshold.copy_(torch.log(theta))                           # log 0 = -inf -> theta = 0
         sae.W_dec.copy_(self.W_dec)
         sae.b_dec.copy_(self.b_dec)
-        return sae.to(self.W_dec.device)
+        return sae
 
     @classmethod
     @torch.no_grad()

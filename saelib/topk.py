@@ -95,7 +95,7 @@ class TopKSAE(SAE):
         values, indices = dead_pi.topk(self.aux_k, dim=-1, sorted=False)
         values = torch.relu(values).nan_to_num(0.0)                         # alive latents contribute 0
         residual_hat = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
-        return (residual_hat - residual).pow(2).sum(-1).mean()
+        return (residual_hat - residual).pow(2).sum(-1).mean() * dead.any()   # 0 while nobody is dead
 
     @torch.no_grad()
     def _update_dead_stats(self, values: torch.Tensor, indices: torch.Tensor) -> None:

@@ -1,0 +1,110 @@
+"""Small torch.distributed helpers for data-parallel training (DistributedDataParallel).
+
+Launch any script that calls `train_sae` with torchrun, e.g.
+
+    torchrun --nproc_per_node=8 my_training_script.py
+
+`train_sae` calls `init_distributed()` itself: when torchrun's WORLD_SIZE > 1 it joins the process
+group (NCCL on GPUs, gloo on CPU), puts each rank on its own GPU (cuda:LOCAL_RANK), wraps the loss in
+DistributedDataParallel, and lets rank 0 alone write checkpoints and show progress. Outside torchrun
+every helper here degrades to the single-process case (rank 0 of a world of 1).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str | None = None) -> DistInfo:
+    """Join the process group that torchrun describes in the environment (idempotent).
+
+    backend: None picks "nccl" when CUDA is available, else "gloo".
+    """
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def destroy_distributed() -> None:
+    """Leave the process group (call once at the end of a torchrun script)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (per-variant hooks live there)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce ("sum", "mean" or "max"); a no-op outside a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    if op == "mean":
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(dist.get_world_size())
+    else:
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate along dim 0 the tensors of every rank, in rank order (same shape on every rank)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (small Python objects: data-source positions), in rank order."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """`obj` as rank `src` has it, on every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
