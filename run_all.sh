@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Run the whole reproduction: every numbered notebook with papermill, HTML renders with nbconvert,
+# the claims table, and a wall-time table. Sets up .venv on a fresh machine if needed.
+#
+#   ./run_all.sh                    # default scale: the embedded reproduction (regenerates figures/)
+#   ./run_all.sh --scale smoke      # seconds per notebook (CI); writes under outputs/smoke/
+#   ./run_all.sh --scale paper      # the papers' models and budgets (GPU and a model hub needed)
+#   ./run_all.sh --only 04          # one notebook (repeatable: --only 02 --only 03)
+#   ./run_all.sh --no-html          # skip the nbconvert renders
+set -uo pipefail
+cd "$(dirname "$0")"
+
+scale=default; only=(); html=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scale) scale="${2:-}"; shift 2 ;;
+    --scale=*) scale="${1#*=}"; shift ;;
+    --only) only+=("${2:-}"); shift 2 ;;
+    --only=*) only+=("${1#*=}"); shift ;;
+    --no-html) html=0; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1' (allowed: --scale smoke|default|paper, --only NN, --no-html)" >&2; exit 2 ;;
+  esac
+done
+case "$scale" in smoke|default|paper) ;; *)
+  echo "run_all.sh: --scale '$scale' is not allowed; allowed values: smoke, default, paper" >&2; exit 2 ;;
+esac
+
+source scripts/ensure_env.sh || exit 1
+out="${SAELIB_OUTPUT_DIR:-outputs}/$scale"
+mkdir -p "$out/executed" "$out/html" "$out/claims"
+
+notebooks=()
+for nb in notebooks/[0-9][0-9]_*.ipynb; do
+  num="$(basename "$nb" | cut -c1-2)"
+  if [ ${#only[@]} -gt 0 ] && [[ ! " ${only[*]} " =~ " $num " ]]; then continue; fi
+  notebooks+=("$nb")
+done
+if [ ${#notebooks[@]} -eq 0 ]; then echo "run_all.sh: no notebook matches --only ${only[*]}" >&2; exit 2; fi
+
+params=()
+[ "$scale" != default ] && params=(-p scale "$scale")
+failed=(); timings=()
+start_all=$(date +%s)
+i=0
+for nb in "${notebooks[@]}"; do
+  i=$((i + 1)); name="$(basename "$nb")"
+  echo "[$i/${#notebooks[@]}] $name ($scale scale)"
+  t0=$(date +%s)
+  if "$PY" -m papermill "$nb" "$out/executed/$name" "${params[@]}" -k python3 --log-level WARNING --progress-bar; then
+    status=ok
+    # at default scale the committed notebooks carry the outputs, so a reader sees them on a code host
+    [ "$scale" = default ] && cp "$out/executed/$name" "$nb"
+  else
+    status=FAILED; failed+=("$name")
+  fi
+  t1=$(date +%s)
+  timings+=("$(printf '%-34s %6ss  %s' "$name" "$((t1 - t0))" "$status")")
+  if [ "$html" = 1 ] && [ -f "$out/executed/$name" ]; then
+    "$PY" -m nbconvert --to html --log-level WARN "$out/executed/$name" --output-dir "$out/html" >/dev/null 2>&1 \
+      || echo "  (nbconvert could not render $name)"
+  fi
+done
+
+"$PY" -m saelib.claims --scale "$scale" >/dev/null && echo "claims table: $("$PY" -c "from saelib.paths import figures_dir; print(figures_dir('$scale') / 'CLAIMS.md')")"
+echo
+echo "Wall time per notebook ($scale scale):"
+printf '  %s\n' "${timings[@]}"
+echo "  total: $(( $(date +%s) - start_all ))s"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED notebooks: ${failed[*]} (executed copies with the error are in $out/executed/)" >&2
+  exit 1
+fi

@@ -1,0 +1,66 @@
+"""Shared plotting helpers: one look for every figure, one way to save it.
+
+    fig, ax = new_figure()
+    plot_frontier(ax, rows, x="l0", y="delta_lm_loss", group="label")
+    save_figure(fig, "08_pareto_delta_lm_loss", scale=scale)     # figures/08_pareto_delta_lm_loss.png/.pdf
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import matplotlib.pyplot as plt
+
+from .paths import figures_dir
+
+# one colour per family, used by every figure
+COLORS = {
+    "standard": "#1f77b4", "relu": "#1f77b4", "april_update": "#17becf",
+    "gated": "#d62728", "jumprelu": "#2ca02c", "topk": "#9467bd",
+}
+_CYCLE = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def color_for(name: str, index: int = 0) -> str:
+    return COLORS.get(str(name).split(" ")[0].split("+")[0].lower(), _CYCLE[index % len(_CYCLE)])
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3.4, **kwargs):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             constrained_layout=True, **kwargs)
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    return fig, (axes[0, 0] if ncols * nrows == 1 else axes.flatten())
+
+
+def save_figure(fig, name: str, scale: str = "default", pdf: bool = True) -> Path:
+    """Write figures/<name>.png (and .pdf) — or outputs/smoke/figures/ at smoke scale — and return the PNG path."""
+    out = figures_dir(scale)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{name}.png"
+    fig.savefig(png, dpi=130)
+    if pdf:
+        fig.savefig(out / f"{name}.pdf")
+    return png
+
+
+def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "label",
+                  logx: bool = False, logy: bool = False, marker: str = "o", annotate: str | None = None):
+    """One line per group through the (x, y) points of `rows` (dicts), sorted by x."""
+    groups: dict[str, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(str(row[group]), []).append(row)
+    for i, (name, pts) in enumerate(groups.items()):
+        pts = sorted(pts, key=lambda r: r[x])
+        ax.plot([p[x] for p in pts], [p[y] for p in pts], marker=marker, label=name, color=color_for(name, i))
+        if annotate:
+            for p in pts:
+                ax.annotate(f"{p[annotate]:.3g}", (p[x], p[y]), fontsize=6, alpha=0.7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    return ax

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv and install saelib with its extras.
+# Re-installs only when pyproject.toml changes. Usage: source scripts/ensure_env.sh  (sets $PY)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${SAELIB_VENV:-$root/.venv}"
+python_bin="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[env] creating virtual environment in $venv"
+  "$python_bin" -m venv "$venv"
+fi
+stamp="$venv/.saelib-installed"
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[env] installing saelib[dev] (torch==2.13.0 CPU build) into $venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -e "$root[dev]"
+  "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+  echo "$want" > "$stamp"
+fi
+PY="$venv/bin/python"
+export PY
