@@ -50,11 +50,20 @@ def check_hook_name(model, hook_name: str) -> None:
                          f"{', '.join(map(repr, examples))} (and the same for other blocks); see model.hook_dict")
 
 
+def special_token_ids(model) -> tuple[int, int]:
+    """(bos_id, pad_id) of the model's tokenizer (saelib.registry.get_tokenizer: embedded or hub model)."""
+    from .registry import get_tokenizer
+
+    try:
+        tokenizer = get_tokenizer(model)
+    except ValueError as e:
+        raise ValueError(f"{e}; pass exclude_token_ids (the BOS and padding ids) explicitly") from None
+    return tokenizer.bos_id, tokenizer.pad_id
+
+
 def default_exclude_token_ids(model) -> tuple[int, ...]:
-    """Token ids whose positions carry no SAE training signal: BOS and padding (from the model's tokenizer)."""
-    tokenizer = getattr(model, "tokenizer", None)
-    ids = {getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "pad_token_id", None)}
-    return tuple(sorted(i for i in ids if i is not None))
+    """Token ids whose positions carry no SAE training signal: BOS and padding."""
+    return tuple(sorted(set(special_token_ids(model))))
 
 
 def keep_mask(tokens: torch.Tensor, exclude_token_ids: Sequence[int]) -> torch.Tensor:
@@ -360,7 +369,7 @@ class ActivationCache:
         return self.array.shape[0]
 
     def _to_tensor(self, rows: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(rows))
+        t = torch.from_numpy(np.require(rows, requirements=["C", "W"]))       # copies memmap slices only
         return (t.view(torch.bfloat16) if self.dtype == "bfloat16" else t).to(torch.float32)
 
     def tensor(self, start: int = 0, stop: int | None = None, scaled: bool = True) -> torch.Tensor:

@@ -11,7 +11,8 @@ Over held-out tokens, three next-token cross-entropies (mean over predicted toke
     loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)      (1 for a perfect SAE, 0 for a useless one)
 
 The replacement happens only at the positions the SAE was trained on (BOS and padding keep their clean
-activations, see saelib/activations.py), in both the SAE and the zero-ablation runs. `hook_z`
+activations, see saelib/activations.py), in both the SAE and the zero-ablation runs. Every prediction
+of a real token counts (padding targets do not), so on packed rows CE_clean is the model's usual loss. `hook_z`
 activations [.., n_heads, d_head] are flattened to n_heads * d_head for the SAE and reshaped back.
 L0 and FVU of the SAE on the same activations come for free (saelib.metrics.MetricsAccumulator).
 """
@@ -24,7 +25,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .activations import _check_tokens, check_hook_name, default_exclude_token_ids, keep_mask
+from .activations import _check_tokens, check_hook_name, default_exclude_token_ids, keep_mask, special_token_ids
 from .base import check_positive
 from .metrics import MetricsAccumulator
 
@@ -77,11 +78,12 @@ def _block_index(model, hook_name: str) -> int | None:
 @torch.no_grad()
 def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tensor, *, scale: float = 1.0,
                 batch_size: int = 16, exclude_token_ids: Sequence[int] | None = None,
-                progress: bool = False) -> LMEvaluation:
+                pad_token_id: int | None = None, progress: bool = False) -> LMEvaluation:
     """Clean, SAE-spliced and zero-ablated CE over `tokens` [n_seq, seq_len], batch_size sequences at a time.
 
     `scale` is the input scale s the SAE was trained with (1.0 for an SAE whose scale is folded in).
-    Predictions of BOS / padding targets are left out of every CE. Raises ValueError (via
+    The SAE replaces activations except at `exclude_token_ids` (default: BOS and padding); predictions
+    of `pad_token_id` targets are left out of every CE (defaults from saelib.registry.get_tokenizer). Raises ValueError (via
     `loss_recovered`) when zero-ablating the site does not raise the loss.
     """
     _check_tokens(tokens)
@@ -90,6 +92,8 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
     check_positive("batch_size", batch_size, integer=True)
     if exclude_token_ids is None:
         exclude_token_ids = default_exclude_token_ids(model)
+    if pad_token_id is None:
+        pad_token_id = special_token_ids(model)[1]
     device = model.cfg.device
     sae_param = next(sae.parameters())
     metrics = MetricsAccumulator()
@@ -107,7 +111,7 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
     for start in tqdm(range(0, tokens.shape[0], batch_size), desc="LM eval", disable=not progress):
         batch = tokens[start:start + batch_size].to(device)                       # [b, seq]
         keep = keep_mask(batch, exclude_token_ids)                                # [b, seq] splice here
-        targets = keep[:, 1:]                                                     # [b, seq-1] score these
+        targets = batch[:, 1:] != pad_token_id                                    # [b, seq-1] score these
         n_predictions += int(targets.sum())
 
         # clean run; keep the residual entering the hook's block to restart the other two runs there
@@ -128,10 +132,10 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
             sums[name] += loss[targets].double().sum().item()                    # loss: [b, seq-1]
 
     if n_predictions == 0:
-        raise ValueError("tokens hold no next-token predictions outside BOS / padding")
+        raise ValueError("tokens hold no next-token predictions of non-padding tokens")
     ce = {k: v / n_predictions for k, v in sums.items()}
+    recovered = loss_recovered(ce["clean"], ce["sae"], ce["zero"])              # raises if undefined
     m = metrics.compute()
     return LMEvaluation(ce_clean=ce["clean"], ce_sae=ce["sae"], ce_zero=ce["zero"],
-                        delta_lm_loss=ce["sae"] - ce["clean"],
-                        loss_recovered=loss_recovered(ce["clean"], ce["sae"], ce["zero"]),
+                        delta_lm_loss=ce["sae"] - ce["clean"], loss_recovered=recovered,
                         l0=m["l0"], fvu=m["fvu"], n_predictions=n_predictions, n_spliced=m["n_tokens"])
