@@ -53,7 +53,7 @@ def word_tokens(text: str) -> list[str]:
 POSITIVE_GENERAL = ["good", "great", "excellent", "wonderful", "superb", "lovely", "fantastic", "brilliant",
                     "pleasant", "impressive", "outstanding", "solid", "nice", "perfect", "remarkable"]
 NEGATIVE_GENERAL = ["bad", "poor", "terrible", "awful", "dreadful", "disappointing", "mediocre", "weak",
-                    "horrible", "forgettable", "sloppy", "lousy", "annoying", "frustrating", "useless"]
+                    "horrible", "forgettable", "sloppy", "lousy", "annoying", "frustrating", "pointless"]
 # evaluative verbs: base form -> (third person singular present, past)
 POSITIVE_VERBS = {"love": ("loves", "loved"), "like": ("likes", "liked"), "enjoy": ("enjoys", "enjoyed"),
                   "adore": ("adores", "adored"), "recommend": ("recommends", "recommended")}
@@ -61,7 +61,7 @@ NEGATIVE_VERBS = {"hate": ("hates", "hated"), "dislike": ("dislikes", "disliked"
 
 EVALUATION_VERBS = {1: ["love", "like", "enjoy", "adore"], -1: ["hate", "dislike"]}  # "recommend": verdicts only
 NEGATORS = ["not", "never"]
-INTENSIFIERS = ["very", "really", "extremely", "truly", "incredibly", "so", "highly"]
+INTENSIFIERS = ["very", "really", "extremely", "truly", "incredibly", "genuinely", "highly"]
 _CLAUSE_BREAKS = {".", ",", ";", "!", "?", ":", "but", "and"}
 
 
@@ -103,7 +103,7 @@ TOPICS = [
          ("actors", True), ("jokes", True), ("scenes", True), ("costumes", True), ("camera work", False)],
         ["gripping", "funny", "moving", "clever", "stunning", "thrilling", "touching", "original"],
         ["boring", "predictable", "tedious", "confusing", "clumsy", "silly", "bland", "slow"],
-        ["{E} is a {kind} by {Full}.", "It is set in {place}.", "{Rel} and I watched it {time}.",
+        ["{E} is {a_kind} by {Full}.", "It is set in {place}.", "{Rel} and I watched it {time}.",
          "The story follows a {role} who {event}.", "{Full} directed it and {Name2} wrote the music.",
          "I saw it at the cinema {time}."],
     ),
@@ -116,7 +116,7 @@ TOPICS = [
          ("waiters", True), ("prices", True), ("portions", True), ("dumplings", True), ("noodles", True)],
         ["tasty", "delicious", "fresh", "friendly", "generous", "cosy", "flavourful", "fair"],
         ["bland", "greasy", "stale", "salty", "rude", "cold", "overpriced", "soggy"],
-        ["{E} is a {kind} near {place}.", "We went there for dinner {time}.", "I ordered the {dish}.",
+        ["{E} is {a_kind} near {place}.", "We went there for dinner {time}.", "I ordered the {dish}.",
          "{Rel} had the {dish} and I had the {dish2}.", "The chef is {Full}.", "We booked a table for four."],
     ),
     Topic(
@@ -128,7 +128,7 @@ TOPICS = [
          ("descriptions", True), ("twists", True)],
         ["gripping", "moving", "clever", "beautiful", "vivid", "thoughtful", "original", "charming"],
         ["boring", "predictable", "tedious", "confusing", "shallow", "flat", "repetitive", "dry"],
-        ["{E} is a {kind} by {Full}.", "I read it {time}.", "{Rel} gave it to me {time}.",
+        ["{E} is {a_kind} by {Full}.", "I read it {time}.", "{Rel} gave it to me {time}.",
          "The story follows a {role} who {event}.", "It is set in {place}.", "It has about three hundred pages."],
     ),
     Topic(
@@ -151,7 +151,7 @@ TOPICS = [
          ("towels", True), ("prices", True)],
         ["clean", "comfortable", "spacious", "quiet", "friendly", "bright", "cosy", "helpful"],
         ["dirty", "cramped", "noisy", "rude", "dark", "shabby", "smelly", "overpriced"],
-        ["{Rel} and I stayed at {E} in {City} {time}.", "{E} is a {kind} in {City}.", "We stayed for three nights.",
+        ["{Rel} and I stayed at {E} in {City} {time}.", "{E} is {a_kind} in {City}.", "We stayed for three nights.",
          "The {kind} is close to the station.", "We arrived late in the evening.", "The owner is {Full}."],
     ),
     Topic(
@@ -283,7 +283,7 @@ class _Writer:
         dish, dish2 = rng.sample(DISHES, 2)
         template = rng.choice(self.topic.facts)
         return template.format(
-            E=self.entity, kind=self.kind, Full=self.full_name(), Name2=rng.choice(FEMALE + MALE),
+            E=self.entity, kind=self.kind, a_kind=f"{_article(self.kind)} {self.kind}", Full=self.full_name(), Name2=rng.choice(FEMALE + MALE),
             place=rng.choice(PLACES), City=rng.choice(CITIES), time=rng.choice(TIMES), Rel=self.relative(),
             role=role, event=event, dish=dish, dish2=dish2)
 

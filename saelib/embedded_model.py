@@ -49,16 +49,16 @@ class EmbeddedModelConfig:
     d_model: int = 128
     n_heads: int = 4
     d_mlp: int = 512
-    n_ctx: int = 128
+    n_ctx: int = 64
     # corpus: documents from saelib.corpus.corpus_splits(corpus_seed, n_train_docs, n_heldout_docs)
     corpus_seed: int = 0
     n_train_docs: int = 60_000
     n_heldout_docs: int = 2_000
     # optimisation: AdamW, linear warm-up then cosine decay to 10% of lr
-    steps: int = 1_500
+    steps: int = 1_000
     batch_size: int = 32          # rows of n_ctx tokens
     lr: float = 2e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 0.05
     seed: int = 0
 
