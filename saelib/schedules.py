@@ -29,7 +29,7 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0, decay_step
     0 over the last `decay_steps` updates.
     """
     m = warmup(step, warmup_steps)
-    if last_resample_step is not None:
+    if last_resample_step is not None and step >= last_resample_step:
         m = min(m, warmup(step - last_resample_step, warmup_steps))
     decay_start = total_steps - decay_steps
     if decay_steps > 0 and step >= decay_start:
