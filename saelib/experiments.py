@@ -1,0 +1,246 @@
+"""The experiment layer every notebook shares: where activations come from, what to train, and a
+cached runner, so that a sweep of many SAEs reads its activations once and a figure that two
+notebooks share is trained once.
+
+    site = LMSite("embedded", "blocks.2.hook_resid_post", get_scale("default"))   # caches activations
+    spec = SAESpec("jumprelu", sparsity_coeff=1e-2, options={"kernel": "triangular"})
+    result = run(site, spec)          # trains, or loads outputs/<scale>/runs/<key>/ when already trained
+    rows = sweep(site, specs)         # one dict of metrics per spec: l0, fvu, delta_lm_loss, gamma, ...
+
+A `SyntheticSite` serves activations with known features instead (and adds `feature_recovery`).
+Nothing here is specific to one notebook; notebooks hold only the narrative and the calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .architectures import ARCHITECTURES, create_sae
+from .base import SAE, check_choice, check_positive
+from .io import load_sae, save_sae
+from .metrics import evaluate_sae
+from .paths import output_dir
+from .scales import Scale
+from .train import TrainConfig, train_sae
+
+# Training defaults per family for our short runs (Adam(0, 0.999) as in the GDM papers). The papers'
+# learning rates (3e-4 Gated, 7e-5 JumpReLU) assume 10^5 steps; thresholds live in log space, so a
+# 1.5k-step run needs a larger step to move them (see notebook 03).
+FAMILY_DEFAULTS: dict[str, dict] = {
+    "standard": dict(lr=1e-3, lr_warmup_steps=50),
+    "gated": dict(lr=1e-3, lr_warmup_steps=50),
+    "jumprelu": dict(lr=2e-3, lr_warmup_steps=50),
+    "topk": dict(lr=1e-3, lr_warmup_steps=50),
+}
+
+
+@dataclass
+class SAESpec:
+    """One SAE to train: architecture, constructor options, sparsity coefficient, training overrides."""
+
+    architecture: str
+    sparsity_coeff: float = 0.0
+    options: dict = field(default_factory=dict)       # constructor keyword arguments
+    train: dict = field(default_factory=dict)         # TrainConfig overrides (lr, batch_size, ...)
+    d_sae: int | None = None                          # default: scale.expansion * d_in
+    label: str | None = None                          # legend name; default: the architecture
+
+    def __post_init__(self):
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        check_positive("sparsity_coeff", self.sparsity_coeff, allow_zero=True)
+        if self.d_sae is not None:
+            check_positive("d_sae", self.d_sae, integer=True)
+        unknown = set(self.train) - set(TrainConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"train={sorted(unknown)} are not TrainConfig fields; allowed: "
+                             f"{', '.join(sorted(TrainConfig.__dataclass_fields__))}")
+        if self.label is None:
+            self.label = self.architecture
+
+
+@dataclass
+class RunResult:
+    spec: SAESpec
+    sae: SAE
+    metrics: dict          # floats (and the feature frequencies as a list)
+    history: list[dict]
+    path: Path
+
+    def row(self) -> dict:
+        """A flat dict for tables and plots: spec fields + scalar metrics."""
+        scalars = {k: v for k, v in self.metrics.items() if not isinstance(v, list)}
+        return {"label": self.spec.label, "architecture": self.spec.architecture,
+                "sparsity_coeff": self.spec.sparsity_coeff, **self.spec.options, **scalars}
+
+
+# ----------------------------------------------------------------------------- activation sites
+
+class Site:
+    """Where training and evaluation activations come from (subclasses: LMSite, SyntheticSite)."""
+
+    scale: Scale
+    d_in: int
+    key: dict              # identifies the activations (part of every run's cache key)
+    eval_acts: torch.Tensor   # [eval_tokens, d_in], already scaled
+
+    def train_batches(self, batch_size: int, seed: int):  # -> an object with next_batch()/state_dict()
+        raise NotImplementedError
+
+    def extra_metrics(self, sae: SAE) -> dict:
+        return {}
+
+
+class LMSite(Site):
+    """Activations of a language model at one hook, cached once on disk per (model, hook, scale)."""
+
+    def __init__(self, model_name: str, hook: str, scale: Scale, *, seed: int = 0,
+                 normalization: str = "unit_mean_squared_norm", device: str = "cpu", model=None,
+                 lm_eval_tokens: int | None = None, progress: bool = True):
+        from .activations import ActivationCache, cache_activations, hook_d_in
+        from .registry import load_model, load_text_dataset, model_tokenize
+
+        self.model_name, self.hook, self.scale, self.seed = model_name, hook, scale, seed
+        self.normalization, self.device = normalization, device
+        self.model = model if model is not None else load_model(model_name, device=device)
+        self.d_in = hook_d_in(self.model, hook)
+        ctx = self.model.cfg.n_ctx
+        self.key = {"model": model_name, "hook": hook, "train_tokens": scale.train_tokens,
+                    "eval_tokens": scale.eval_tokens, "normalization": normalization, "ctx": ctx}
+        root = output_dir(scale.name) / "cache" / model_name / hook.replace(".", "_")
+        # enough packed rows for the kept (non-BOS) positions; documents are generated/streamed lazily
+        rows_needed = {split: math.ceil(n * 1.25 / (ctx - 1)) + 1 for split, n in
+                       (("train", scale.train_tokens), ("heldout", scale.eval_tokens))}
+        paths = {}
+        for split, n_tokens in (("train", scale.train_tokens), ("heldout", scale.eval_tokens)):
+            path = root / f"{split}_{n_tokens}"
+            if not (path / "meta.json").exists():
+                tokens = self._tokens(load_text_dataset, model_tokenize, split, rows_needed[split], ctx)
+                cache_activations(self.model, hook, tokens, n_tokens, path, progress=progress)
+            paths[split] = path
+        self._train_path = paths["train"]
+        train = ActivationCache(paths["train"], batch_size=1, normalization=normalization)
+        self.scale_factor = train.scale
+        held = ActivationCache(paths["heldout"], batch_size=1, normalization=normalization, scale=self.scale_factor)
+        self.eval_acts = held.tensor()                                           # [eval_tokens, d_in]
+        n_rows = max(1, (lm_eval_tokens or scale.eval_tokens) // ctx)
+        self.lm_tokens = self._tokens(load_text_dataset, model_tokenize, "heldout", n_rows, ctx)[:n_rows]
+
+    def _tokens(self, load_text_dataset, model_tokenize, split: str, n_rows: int, ctx: int) -> torch.Tensor:
+        n_docs = 64
+        while True:                                              # grow until the packed rows suffice
+            tokens = model_tokenize(self.model, load_text_dataset(self.model_name, split, n_docs=n_docs), ctx)
+            if tokens.shape[0] >= n_rows:
+                return tokens[:n_rows]
+            n_docs = math.ceil(n_docs * max(2.0, 1.2 * n_rows / max(1, tokens.shape[0])))
+
+    def train_batches(self, batch_size: int, seed: int):
+        from .activations import ActivationCache
+
+        return ActivationCache(self._train_path, batch_size=batch_size, normalization=self.normalization,
+                               scale=self.scale_factor, seed=seed)
+
+    def extra_metrics(self, sae: SAE) -> dict:
+        from .lm_metrics import evaluate_lm
+
+        lm = evaluate_lm(self.model, sae, self.hook, self.lm_tokens, scale=self.scale_factor)
+        return {k: v for k, v in lm.as_dict().items() if k in
+                ("ce_clean", "ce_sae", "ce_zero", "delta_lm_loss", "loss_recovered")}
+
+
+class SyntheticSite(Site):
+    """Activations with known sparse features in superposition (saelib.synthetic)."""
+
+    def __init__(self, scale: Scale, *, seed: int = 0, normalization: str = "unit_mean_squared_norm",
+                 **synthetic_options):
+        from .normalization import estimate_scale
+        from .synthetic import SyntheticActivations
+
+        self.scale, self.seed = scale, seed
+        self.data = SyntheticActivations(seed=seed, **synthetic_options)
+        self.d_in = self.data.d_in
+        self.key = {"synthetic": {k: v for k, v in sorted(synthetic_options.items())}, "seed": seed,
+                    "normalization": normalization,
+                    "train_tokens": scale.train_tokens, "eval_tokens": scale.eval_tokens}
+        train_acts = self.data.sample(scale.train_tokens, seed=seed + 1)             # [train_tokens, d_in]
+        self.scale_factor = estimate_scale(train_acts, normalization)
+        self.train_acts = train_acts * self.scale_factor
+        self.eval_acts = self.data.sample(scale.eval_tokens, seed=seed + 2) * self.scale_factor
+
+    def train_batches(self, batch_size: int, seed: int):
+        return self.train_acts             # train_sae draws seeded minibatches from a tensor
+
+    def extra_metrics(self, sae: SAE) -> dict:
+        from .synthetic import feature_recovery
+
+        return {"feature_recovery": float(feature_recovery(self.data.directions, sae.W_dec.detach())),
+                "true_l0": float(self.data.true_l0)}
+
+
+# ----------------------------------------------------------------------------- training and caching
+
+def train_config(spec: SAESpec, scale: Scale, seed: int = 0) -> TrainConfig:
+    """The TrainConfig for `spec` at `scale`: family defaults, then the scale's budget, then spec.train."""
+    settings = dict(FAMILY_DEFAULTS[spec.architecture], total_steps=scale.train_steps,
+                    batch_size=scale.batch_size, sparsity_coeff=spec.sparsity_coeff, seed=seed,
+                    log_every=max(1, scale.train_steps // 50), progress=False)
+    settings.update(spec.train)
+    return TrainConfig(**settings)
+
+
+def run_key(site: Site, spec: SAESpec, cfg: TrainConfig) -> str:
+    payload = {"site": site.key, "spec": asdict(spec) | {"label": None}, "train": asdict(cfg) | {
+        k: None for k in ("progress", "log_every", "checkpoint_dir", "device")}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def evaluate(site: Site, sae: SAE) -> dict:
+    """Metrics on the site's held-out activations (+ LM or ground-truth metrics from the site)."""
+    m = evaluate_sae(sae, site.eval_acts)
+    metrics = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in m.items()}
+    metrics["gamma"] = metrics["relative_reconstruction_bias"]
+    metrics["gamma_v1"] = metrics["relative_reconstruction_bias_v1"]
+    metrics.update(site.extra_metrics(sae))
+    return metrics
+
+
+def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu") -> RunResult:
+    """Train `spec` on `site` (seeded), evaluate it, and cache everything under outputs/<scale>/runs/."""
+    cfg = train_config(spec, site.scale, seed)
+    key = run_key(site, spec, cfg)
+    path = output_dir(site.scale.name) / "runs" / key
+    if not force and (path / "metrics.json").exists():
+        record = json.loads((path / "metrics.json").read_text())
+        sae = load_sae(path / "sae", device=device)
+        return RunResult(spec, sae, record["metrics"], record["history"], path)
+    d_sae = spec.d_sae or site.scale.expansion * site.d_in
+    torch.manual_seed(seed)
+    sae = create_sae(spec.architecture, site.d_in, d_sae, **spec.options)
+    history = train_sae(sae, site.train_batches(cfg.batch_size, seed), cfg)
+    sae.eval()
+    metrics = evaluate(site, sae)
+    save_sae(sae, path / "sae")
+    record = {"spec": asdict(spec), "site": site.key, "train": asdict(cfg), "metrics": metrics,
+              "history": history}
+    (path / "metrics.json").write_text(json.dumps(record, default=str))
+    return RunResult(spec, sae, metrics, history, path)
+
+
+def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = True) -> list[RunResult]:
+    """run() every spec (cached ones load instantly); a progress bar over the sweep."""
+    return [run(site, spec, seed) for spec in tqdm(specs, desc="SAEs", disable=not progress)]
+
+
+def coefficient_grid(low: float, high: float, n: int) -> list[float]:
+    """n sparsity coefficients spaced evenly in log space from low to high (inclusive)."""
+    check_positive("low", low)
+    check_positive("high", high)
+    check_positive("n", n, integer=True)
+    if n == 1:
+        return [math.sqrt(low * high)]
+    return [float(low * (high / low) ** (i / (n - 1))) for i in range(n)]
