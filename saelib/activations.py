@@ -85,22 +85,25 @@ def hook_d_in(model, hook_name: str) -> int:
 def read_hook(model, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
     """Activations at `hook_name` for tokens [batch, seq] -> [batch, seq, d_in] (heads flattened).
 
-    The forward pass stops at the hook: the hook stores its input and raises, so no later layer runs.
+    The forward pass stops at the hook: a plain PyTorch forward hook on the HookPoint stores its output
+    and raises, so no later layer runs (and only this one hook is added and removed).
     """
     stored = []
 
-    def capture(activation, hook):
-        stored.append(activation)
+    def capture(module, inputs, output):
+        stored.append(output)
         raise _StopForward
 
+    handle = model.hook_dict[hook_name].register_forward_hook(capture)
     try:
-        model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(hook_name, capture)], return_type=None)
+        model(tokens.to(model.cfg.device), return_type=None)
     except _StopForward:
         pass
+    finally:
+        handle.remove()
     if not stored:
         raise ValueError(f"hook_name={hook_name!r} never fired during the forward pass")
-    activation = stored[0]
-    return activation.flatten(start_dim=2)  # hook_z: [batch, seq, n_heads, d_head] -> [batch, seq, n_heads*d_head]
+    return stored[0].flatten(start_dim=2)  # hook_z: [batch, seq, n_heads, d_head] -> [batch, seq, n_heads*d_head]
 
 
 def kept_activations(model, tokens: torch.Tensor, hook_name: str, exclude_token_ids: Sequence[int]) -> torch.Tensor:
@@ -253,7 +256,8 @@ class ActivationBuffer:
             self._refill()
         idx = self.perm[self.served:self.served + b]
         self.served += b
-        return self.storage[idx].to(torch.float32) * self.scale              # [batch_size, d_in]
+        batch = self.storage.index_select(0, idx).to(torch.float32)          # [batch_size, d_in], a new tensor
+        return batch.mul_(self.scale)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:

@@ -213,3 +213,35 @@ def test_cache_rejects_incomplete_and_oversized(model, tokens, tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(ValueError, match="no complete activation cache"):
         ActivationCache(tmp_path / "half")
+
+
+def test_training_from_the_buffer_resumes_bitwise(model, tokens, tmp_path):
+    """train_sae checkpoints the buffer's state_dict; a crashed run resumed with a fresh buffer ends identical."""
+    from saelib.relu import ReLUSAE
+    from saelib.train import TrainConfig, train_sae
+
+    def run(crash_at=None, resume=False, directory=None):
+        torch.manual_seed(0)
+        sae = ReLUSAE(16, 32)
+        buffer = make_buffer(model, tokens, batch_size=32, buffer_size=256)
+        if crash_at is not None:
+            calls, original = [0], buffer.next_batch
+
+            def next_batch():
+                calls[0] += 1
+                if calls[0] == crash_at:
+                    raise KeyboardInterrupt
+                return original()
+            buffer.next_batch = next_batch
+        cfg = TrainConfig(total_steps=30, batch_size=32, lr=1e-3, sparsity_coeff=1e-3, resample=False,
+                          progress=False, log_every=10, seed=0,
+                          checkpoint_dir=str(directory) if directory else None, checkpoint_every=10)
+        train_sae(sae, buffer, cfg, resume=resume)
+        return sae
+
+    reference = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(crash_at=17, directory=tmp_path)                          # dies in step 17; checkpoint at step 10
+    resumed = run(resume=True, directory=tmp_path)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
