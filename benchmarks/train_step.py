@@ -1,0 +1,335 @@
+"""Training-step throughput of saelib's SAEs, optionally side by side with SAELens and dictionary_learning.
+
+    python benchmarks/train_step.py                                   # the four architectures, ours only
+    .venv-bench/bin/python benchmarks/train_step.py --vs saelens dictionary_learning
+    python benchmarks/train_step.py --arch topk --k 16 32 64 128      # sparse TopK against the dense floor
+
+One step is what saelib.train.train_sae does per batch: forward, loss, backward, the SAE's
+before_optimizer_step hook, Adam step, after_optimizer_step hook, zero_grad. The peers run their own
+full steps: SAELens's SAETrainer.step (its bookkeeping and gradient clipping included) and
+dictionary_learning's trainer.update.
+
+How it measures. Each implementation (and the reference matmul, a [B, d_in] @ [d_in, d_sae] product)
+lives in its own worker process, so its peak memory (RSS high-water mark, or CUDA max allocated) is its
+own. After warm-up the parent asks the workers for one step each, in an order that rotates every repeat,
+so that load from other processes on a shared machine hits everyone alike; ratios are medians of the
+per-repeat (paired) ratios. Throughput is counted in the FLOPs a step must do, the same count for every
+implementation of an architecture (matrix products only; 2 FLOPs per multiply-add):
+    standard, jumprelu  10 B d_in d_sae  encoder forward, decoder forward, decoder input and weight
+                                         gradients, encoder weight gradient (the gradient with respect to
+                                         the input x is never needed)
+    gated               14 B d_in d_sae  the same plus the auxiliary reconstruction through the frozen
+                                         decoder (forward and input gradient); the magnitude path shares
+                                         the gate's encoder product
+    topk                2 B d_in d_sae + 8 B k d_in   dense encoder forward (to choose the top k); the
+                                         decoder and the encoder gradient touch only B k latents.
+                                         Its "dense floor" is 10 B d_in d_sae at the matmul rate.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # run from a checkout without install
+
+ARCHS = ("standard", "gated", "jumprelu", "topk")
+PEERS = ("saelens", "dictionary_learning")
+
+
+# ----------------------------------------------------------------------------- FLOP counts
+
+def step_flops(arch: str, batch: int, d_in: int, d_sae: int, k: int) -> float:
+    """FLOPs a training step must do (see the module docstring)."""
+    bmn = batch * d_in * d_sae
+    if arch in ("standard", "jumprelu"):
+        return 10.0 * bmn
+    if arch == "gated":
+        return 14.0 * bmn
+    return 2.0 * bmn + 8.0 * batch * k * d_in
+
+
+def matmul_flops(batch: int, d_in: int, d_sae: int) -> float:
+    return 2.0 * batch * d_in * d_sae
+
+
+# ----------------------------------------------------------------------------- steps to time
+
+def make_ours(arch, a, device, x):
+    """saelib's step, as in train_sae's hot loop (Adam as train_sae builds it: fused on CUDA)."""
+    from saelib import create_sae
+
+    options = {"k": a.k, "aux_k": a.d_in // 2} if arch == "topk" else {}
+    sae = create_sae(arch, a.d_in, a.d_sae, **options).to(device).train()
+    params = [p for p in sae.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.0, 0.999), fused=device.type == "cuda")
+    lam = 1.0 if arch == "jumprelu" else 1e-2
+
+    def step():
+        out = sae.loss(x, lam)
+        out.loss.backward()
+        sae.before_optimizer_step()
+        opt.step()
+        sae.after_optimizer_step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def make_saelens(arch, a, device, x):
+    """SAELens's own full step: SAETrainer.step (forward, firing bookkeeping, backward, clip, Adam)."""
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.gated_sae import GatedTrainingSAE, GatedTrainingSAEConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    common = {"d_in": a.d_in, "d_sae": a.d_sae, "device": str(device)}
+    sae = {
+        "standard": lambda: StandardTrainingSAE(StandardTrainingSAEConfig(**common, l1_coefficient=1e-2)),
+        "gated": lambda: GatedTrainingSAE(GatedTrainingSAEConfig(**common, l1_coefficient=1e-2)),
+        "jumprelu": lambda: JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+            **common, l0_coefficient=1.0, jumprelu_bandwidth=1e-3, jumprelu_init_threshold=1e-3)),
+        "topk": lambda: TopKTrainingSAE(TopKTrainingSAEConfig(**common, k=a.k)),
+    }[arch]()
+    cfg = SAETrainerConfig(total_training_samples=10**12, train_batch_size_samples=a.batch, lr=1e-4,
+                           lr_end=1e-5, adam_beta1=0.0, device=str(device),
+                           autocast=a.precision == "bf16")
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+
+    def step():
+        trainer.step(x)
+        trainer.n_training_steps += 1
+    return step
+
+
+def make_dictionary_learning(arch, a, device, x):
+    """dictionary_learning's own full step: trainer.update(step, x), in the steady state (past warm-ups)."""
+    from dictionary_learning.trainers import GatedSAETrainer, JumpReluTrainer, StandardTrainer, TopKTrainer
+
+    common = {"steps": 10**7, "activation_dim": a.d_in, "dict_size": a.d_sae, "layer": 0,
+              "lm_name": "benchmark", "device": str(device), "warmup_steps": 10}
+    trainer = {
+        "standard": lambda: StandardTrainer(**common, l1_penalty=1e-2, sparsity_warmup_steps=10),
+        "gated": lambda: GatedSAETrainer(**common, l1_penalty=1e-2, sparsity_warmup_steps=10),
+        "jumprelu": lambda: JumpReluTrainer(**common, sparsity_warmup_steps=10),
+        "topk": lambda: TopKTrainer(**common, k=a.k),
+    }[arch]()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
+    counter = iter(range(10_000, 10**9))     # step 0 would re-initialise b_dec (TopK); > 1000 = steady state
+
+    def step():
+        with autocast:
+            trainer.update(next(counter), x)
+    return step
+
+
+def make_matmul(arch, a, device, x):
+    """The reference: [batch, d_in] @ [d_in, d_sae] in fp32 (bf16 under --precision bf16 on CUDA)."""
+    dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    g = torch.Generator().manual_seed(1)
+    lhs = torch.randn(a.batch, a.d_in, generator=g).to(device, dtype)
+    rhs = torch.randn(a.d_in, a.d_sae, generator=g).to(device, dtype)
+
+    def step():
+        lhs @ rhs
+    return step
+
+
+MAKERS = {"ours": make_ours, "saelens": make_saelens, "dictionary_learning": make_dictionary_learning,
+          "matmul": make_matmul}
+
+
+def peer_available(name: str) -> bool:
+    try:
+        __import__({"saelens": "sae_lens", "dictionary_learning": "dictionary_learning"}[name])
+        return True
+    except Exception:
+        return False
+
+
+# ----------------------------------------------------------------------------- worker process
+
+def _peak_bytes(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024        # Linux reports KiB
+
+
+def worker(conn, impl, arch, a):
+    """Build one implementation, then serve ("step", n) -> [seconds per step] and ("memory",)."""
+    try:
+        torch.set_num_threads(a.threads)
+        device = torch.device(a.device)
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(a.batch, a.d_in, generator=g) / a.d_in ** 0.5).to(device)   # E||x||^2 = 1
+        base = _peak_bytes(device)
+        step = MAKERS[impl](arch, a, device, x)
+        conn.send(("ready", None))
+        while True:
+            cmd, n = conn.recv()
+            if cmd == "stop":
+                return
+            if cmd == "memory":
+                conn.send(("memory", (base, _peak_bytes(device))))
+                continue
+            times = []
+            for _ in range(n):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+            conn.send(("times", times))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    def __init__(self, ctx, impl, arch, a):
+        self.impl = impl
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker, args=(child, impl, arch, a), daemon=True)
+        self.proc.start()
+        self._expect("ready")
+
+    def _expect(self, kind):
+        got, payload = self.conn.recv()
+        if got == "error":
+            raise RuntimeError(f"worker {self.impl} failed:\n{payload}")
+        assert got == kind, (got, kind)
+        return payload
+
+    def steps(self, n):
+        self.conn.send(("step", n))
+        return self._expect("times")
+
+    def memory(self):
+        self.conn.send(("memory", None))
+        return self._expect("memory")
+
+    def stop(self):
+        self.conn.send(("stop", None))
+        self.proc.join(timeout=30)
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+def run_arch(arch, a, impls, ctx) -> list[dict]:
+    workers = {}
+    try:
+        for impl in ("matmul", *impls):
+            workers[impl] = Worker(ctx, impl, arch, a)
+        for w in workers.values():                             # warm-up (Adam state, allocator, caches)
+            w.steps(a.warmup)
+        order = list(workers)
+        times = {impl: [] for impl in workers}
+        for r in range(a.repeats):
+            rotated = order[r % len(order):] + order[:r % len(order)]
+            for impl in rotated:
+                times[impl].extend(workers[impl].steps(1))
+        memory = {impl: w.memory() for impl, w in workers.items()}
+    finally:
+        for w in workers.values():
+            w.stop()
+
+    flops = step_flops(arch, a.batch, a.d_in, a.d_sae, a.k)
+    mm = [matmul_flops(a.batch, a.d_in, a.d_sae) / t for t in times["matmul"]]     # FLOP/s per repeat
+    rows = []
+    for impl in impls:
+        t = times[impl]
+        row = {"arch": arch, "impl": impl, "k": a.k if arch == "topk" else None,
+               "ms": 1e3 * statistics.median(t), "tokens_s": a.batch / statistics.median(t),
+               "gflops": flops / statistics.median(t) / 1e9,
+               "of_matmul": statistics.median(flops / ti / m for ti, m in zip(t, mm)),
+               "matmul_gflops": statistics.median(mm) / 1e9,
+               "peak_mb": memory[impl][1] / 2**20, "step_mb": (memory[impl][1] - memory[impl][0]) / 2**20}
+        if arch == "topk":           # > 1: faster than a dense step could ever be at the matmul rate
+            dense = step_flops("standard", a.batch, a.d_in, a.d_sae, a.k)
+            row["vs_dense_floor"] = statistics.median(dense / m / ti for ti, m in zip(t, mm))
+        if impl != "ours":           # paired: ours is this many times faster than the peer
+            row["ours_speedup"] = statistics.median(tp / to for tp, to in zip(t, times["ours"]))
+        rows.append(row)
+    return rows
+
+
+def print_rows(rows, a):
+    mem = "CUDA max allocated" if a.device.startswith("cuda") else "RSS high-water"
+    print(f"\nd_in={a.d_in} d_sae={a.d_sae} batch={a.batch} device={a.device} precision={a.precision} "
+          f"threads={a.threads} repeats={a.repeats} (medians; peak memory = {mem})")
+    head = (f"{'arch':9s} {'impl':20s} {'tokens/s':>9s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s} "
+            f"{'peak MiB':>9s} {'step MiB':>9s}  notes")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        notes = []
+        if r["k"] is not None:
+            notes.append(f"k={r['k']}, {r['vs_dense_floor']:.2f}x the dense floor")
+        if "ours_speedup" in r:
+            notes.append(f"ours is {r['ours_speedup']:.2f}x faster")
+        print(f"{r['arch']:9s} {r['impl']:20s} {r['tokens_s']:9.0f} {r['ms']:8.1f} {r['gflops']:8.1f} "
+              f"{r['of_matmul']:9.2f} {r['peak_mb']:9.0f} {r['step_mb']:9.0f}  {'; '.join(notes)}")
+    mms = sorted({round(r["matmul_gflops"], 1) for r in rows})
+    print(f"reference matmul {a.batch}x{a.d_in} @ {a.d_in}x{a.d_sae}: median {', '.join(map(str, mms))} GFLOP/s "
+          "(per architecture run)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--d-in", type=int, default=512)
+    p.add_argument("--d-sae", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--k", type=int, nargs="+", default=[32], help="TopK k (several: one row each)")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per implementation")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every worker")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
+    p.add_argument("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
+                   help="default: fp32 on CPU; fp32 and bf16 autocast on CUDA")
+    p.add_argument("--vs", nargs="*", default=[], choices=PEERS + ("dl",),
+                   help="also time these libraries' own training steps (installed in this interpreter)")
+    a = p.parse_args(argv)
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if a.precision is None:
+        a.precision = ["fp32", "bf16"] if a.device.startswith("cuda") else ["fp32"]
+    a.vs = ["dictionary_learning" if v == "dl" else v for v in a.vs]
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    peers = []
+    for name in a.vs:
+        if peer_available(name):
+            peers.append(name)
+        else:
+            print(f"note: {name} is not installed in this interpreter ({sys.executable}); skipped "
+                  "(pip install 'saelib[bench]' in a separate virtualenv, see benchmarks/README.md)")
+    ctx = mp.get_context("spawn")
+    all_rows = []
+    for precision in a.precision:
+        rows = []
+        for arch in a.arch:
+            for k in (a.k if arch == "topk" else a.k[:1]):
+                args = argparse.Namespace(**{**vars(a), "precision": precision, "k": k})
+                rows.extend(run_arch(arch, args, ["ours", *peers], ctx))
+        print_rows(rows, argparse.Namespace(**{**vars(a), "precision": precision}))
+        all_rows.extend(rows)
+    return all_rows
+
+
+if __name__ == "__main__":
+    main()
