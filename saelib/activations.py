@@ -126,8 +126,8 @@ class BufferConfig:
     """How an ActivationBuffer reads and serves activations.
 
     buffer_size      activations held (the shuffling pool); ignored when buffer_bytes is set
-    buffer_bytes     alternatively, a bound on the bytes the buffer holds: storage + permutation +
-                     the activations of one model batch in flight (see ActivationBuffer.max_bytes)
+    buffer_bytes     alternatively, a bound on the buffer's memory, in-flight refill data included
+                     (see ActivationBuffer.max_bytes)
     batch_size       activations per training batch
     model_batch_size sequences per forward pass
     refill_fraction  refill once this fraction of the buffer has been served since the last refill
@@ -169,9 +169,13 @@ class ActivationBuffer:
     """Stream activations of `cfg.hook_name` over `tokens` [n_seq, seq_len] (cycling when exhausted)
     into a preallocated, shuffled pool and serve float32 batches [batch_size, d_in], scaled by `scale`.
 
-    Memory held: storage [capacity, d_in] + permutation [capacity] (int64) + the pending overflow of
-    the last model batch (< one model batch of activations). `max_bytes` is the bound on all three
-    plus the activations of one model batch in flight during a refill.
+    Memory, with C = the bytes of one model batch of activations (model_batch_size * seq_len * d_in
+    float32 values):
+      held between calls  storage [capacity, d_in] + permutation [capacity] (int64) + the overflow of
+                          the last forward pass kept for the next refill (< C)          (`nbytes`)
+      during a refill     + the hook's output for one model batch and its BOS-free copy (<= 2 C)
+    `max_bytes` = capacity * (d_in * itemsize + 8) + 3 C bounds both; with `buffer_bytes` set, the
+    capacity is the largest that keeps max_bytes <= buffer_bytes.
     """
 
     def __init__(self, model, tokens: torch.Tensor, cfg: BufferConfig,
@@ -185,19 +189,21 @@ class ActivationBuffer:
         self.dtype = STORAGE_DTYPES[cfg.storage_dtype]
         self.d_in = hook_d_in(model, cfg.hook_name)
 
-        # one model batch of activations (float32 upper bound on the hook's dtype)
+        if int(keep_mask(tokens, self.exclude_token_ids).sum()) == 0:
+            raise ValueError("tokens hold no position outside BOS / padding: there are no activations to serve")
+        # C: one model batch of activations (float32 upper bound on the hook's dtype)
         self.chunk_bytes = cfg.model_batch_size * tokens.shape[1] * self.d_in * 4
         row_bytes = self.d_in * self.dtype.itemsize + 8                     # storage row + permutation entry
         if cfg.buffer_bytes is not None:
-            self.capacity = (cfg.buffer_bytes - 2 * self.chunk_bytes) // row_bytes
+            self.capacity = (cfg.buffer_bytes - 3 * self.chunk_bytes) // row_bytes
             if self.capacity < cfg.batch_size:
                 raise ValueError(
                     f"buffer_bytes={cfg.buffer_bytes} is out of range; allowed: >= "
-                    f"{cfg.batch_size * row_bytes + 2 * self.chunk_bytes} (batch_size={cfg.batch_size} "
-                    f"activations of {row_bytes} bytes plus two model batches of {self.chunk_bytes} bytes)")
+                    f"{cfg.batch_size * row_bytes + 3 * self.chunk_bytes} (batch_size={cfg.batch_size} "
+                    f"activations of {row_bytes} bytes plus three model batches of {self.chunk_bytes} bytes)")
         else:
             self.capacity = cfg.buffer_size
-        self.max_bytes = self.capacity * row_bytes + 2 * self.chunk_bytes
+        self.max_bytes = self.capacity * row_bytes + 3 * self.chunk_bytes
 
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.storage = torch.empty(self.capacity, self.d_in, dtype=self.dtype, device=self.device)  # [capacity, d_in]
@@ -213,7 +219,8 @@ class ActivationBuffer:
         """Yield chunks of new activations (storage dtype) totalling exactly n; keep the overflow."""
         need = n
         if len(self.pending):
-            take, self.pending = self.pending[:need], self.pending[need:]
+            take = self.pending[:need]
+            self.pending = self.pending[need:].clone()                           # release the rest's old storage
             need -= len(take)
             yield take
         bar = tqdm(total=need, desc=f"activations {self.cfg.hook_name}", unit="act", leave=False,

@@ -92,18 +92,25 @@ def held_bytes(buffer) -> int:
 
 
 @pytest.mark.parametrize("storage_dtype", ["float32", "bfloat16"])
-def test_buffer_memory_stays_within_its_byte_bound(model, tokens, storage_dtype):
+def test_buffer_memory_stays_within_its_byte_bound(model, tokens, storage_dtype, monkeypatch):
+    """Measured: the tensors the buffer holds after every batch, and the hook outputs read during refills."""
+    import saelib.activations as A
+
+    hook_outputs, original = [], A.read_hook
+    monkeypatch.setattr(A, "read_hook", lambda *a: hook_outputs.append(original(*a)) or hook_outputs[-1])
     bound = 60_000
     buffer = make_buffer(model, tokens, buffer_bytes=bound, storage_dtype=storage_dtype)
     assert buffer.max_bytes <= bound
-    peak = 0
+    peak_held = 0
     for _ in range(60):                                     # several refills and two passes over the tokens
         batch = buffer.next_batch()
         assert batch.shape == (64, 16) and batch.dtype == torch.float32
-        peak = max(peak, held_bytes(buffer))
+        peak_held = max(peak_held, held_bytes(buffer))
     assert buffer.epoch >= 1
-    assert peak <= bound - buffer.chunk_bytes               # leaves room for one model batch in flight
-    assert buffer.pending.nbytes <= buffer.chunk_bytes      # the overflow is less than one model batch
+    in_flight = max(h.untyped_storage().nbytes() for h in hook_outputs)    # one forward's output (+ a copy <= it)
+    assert in_flight <= buffer.chunk_bytes
+    assert peak_held + 2 * in_flight <= bound
+    assert buffer.pending.nbytes < buffer.chunk_bytes       # the overflow is less than one model batch
 
 
 def test_buffer_size_in_activations(model, tokens):
@@ -111,6 +118,7 @@ def test_buffer_size_in_activations(model, tokens):
     buffer.next_batch()
     assert buffer.storage.shape == (500, 16)
     assert held_bytes(buffer) <= 500 * (16 * 4 + 8) + buffer.chunk_bytes
+    assert buffer.max_bytes == 500 * (16 * 4 + 8) + 3 * buffer.chunk_bytes
 
 
 def test_same_seed_same_batches_other_seed_other_batches(model, tokens):
@@ -172,6 +180,11 @@ def test_every_activation_is_served_from_the_stream(model, tokens):
 def test_invalid_buffer_settings(model, tokens, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_buffer(model, tokens, **kwargs)
+
+
+def test_tokens_without_real_positions_are_refused(model):
+    with pytest.raises(ValueError, match="no position outside BOS / padding"):
+        make_buffer(model, torch.full((4, 8), PAD))
 
 
 # ----------------------------------------------------------------------------- the disk cache
