@@ -308,6 +308,8 @@ def train_sae(sae: nn.Module, batches, cfg: TrainConfig, *, resume: bool = False
     """
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if not (isinstance(sae, nn.Module) and hasattr(sae, "loss") and hasattr(sae, "d_sae")):
+        raise ValueError(f"sae must be a saelib SAE (an nn.Module with loss() and d_sae), got {type(sae).__name__}")
     info = D.init_distributed()
     device = _resolve_device(cfg.device, info)
     if cfg.batch_size % info.world_size:
@@ -321,6 +323,11 @@ def train_sae(sae: nn.Module, batches, cfg: TrainConfig, *, resume: bool = False
             raise ValueError(f"sparsity_coeff is required to train a {type(sae).__name__} "
                              "(allowed: a number >= 0; only TopK ignores it)")
         coeff = 0.0
+    if cfg.checkpoint_dir is not None and info.is_main:
+        try:                                   # fail now, not at the first checkpoint hours from now
+            Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"checkpoint_dir={cfg.checkpoint_dir!r} cannot be used as a directory: {e}") from None
     total, local_bs = cfg.n_steps, cfg.batch_size // info.world_size
     sae.to(device)
     sae.train()

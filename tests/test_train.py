@@ -26,7 +26,9 @@ def _cfg(**kw):
 
 
 def _make(kind, seed=0, n_dead=0):
-    """A small SAE of a family; the first n_dead features are killed (encoder bias -100)."""
+    """A small SAE of a family; the first n_dead features are killed (encoder bias -100) and the next
+    n_dead fire rarely (bias -3: a few times per resampling window), so which are dead depends on
+    exactly which steps the dead-feature tracker has seen."""
     torch.manual_seed(seed)
     sae = {"relu": lambda: ReLUSAE(D_IN, D_SAE),
             "april": lambda: ReLUSAE(D_IN, D_SAE, variant="april_update"),
@@ -35,6 +37,7 @@ def _make(kind, seed=0, n_dead=0):
             "topk": lambda: TopKSAE(D_IN, D_SAE, k=4, aux_k=8)}[kind]()
     with torch.no_grad():
         (sae.b_gate if kind == "gated" else sae.b_enc)[:n_dead] = -100.0
+        (sae.b_gate if kind == "gated" else sae.b_enc)[n_dead:2 * n_dead] = -3.0
     return sae
 
 
@@ -235,6 +238,24 @@ def test_resume_of_a_finished_run_returns_its_history(tmp_path):
     assert train_sae(again, _data(), cfg, resume=True) == hist
     _assert_bitwise(_state(first), _state(again))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000005.json", "step_000000010.json"]
+    # an explicit checkpoint (resume_from) continues from step 5 to the same end
+    from_five = _make("relu", seed=5)
+    cfg5 = _cfg(total_steps=10, log_every=5, resume_from=str(tmp_path / "step_000000005.json"))
+    assert train_sae(from_five, _data(), cfg5) == hist
+    _assert_bitwise(_state(first), _state(from_five))
+
+
+def test_unusable_inputs_are_refused_early(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        train_sae(_make("relu"), _data(), _cfg(checkpoint_dir=str(not_a_dir)))
+    with pytest.raises(ValueError, match="resume=True needs"):
+        train_sae(_make("relu"), _data(), _cfg(), resume=True)
+    with pytest.raises(ValueError, match="sae must be"):
+        train_sae(torch.nn.Linear(2, 2), _data(), _cfg())
+    with pytest.raises(ValueError, match="batch_size=2048 is larger"):
+        train_sae(_make("relu"), _data(), _cfg(batch_size=2048))
 
 
 # ----------------------------------------------------------------------------- numerical guards
