@@ -244,3 +244,34 @@ def coefficient_grid(low: float, high: float, n: int) -> list[float]:
     if n == 1:
         return [math.sqrt(low * high)]
     return [float(low * (high / low) ** (i / (n - 1))) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- the shared frontiers
+
+# Sparsity-coefficient ranges that span L0 of roughly 5-150 on unit-mean-squared-norm activations
+# (the embedded model's residual stream and the synthetic default). TopK sweeps k instead.
+COEFFICIENT_RANGES: dict[str, tuple[float, float]] = {
+    "standard": (0.03, 1.0),
+    "gated": (0.03, 1.0),
+    "jumprelu": (0.003, 0.3),
+}
+TOPK_KS = (8, 16, 32, 64, 128, 256)
+
+
+def frontier_specs(architecture: str, n_points: int, *, label: str | None = None,
+                   coeff_range: tuple[float, float] | None = None, options: dict | None = None,
+                   train: dict | None = None) -> list[SAESpec]:
+    """The sweep every notebook uses for a family's Pareto frontier (identical specs -> shared cache).
+
+    For TopK, n_points values of k from TOPK_KS (smallest first); otherwise n_points coefficients spaced
+    evenly in log space over COEFFICIENT_RANGES[architecture] (or `coeff_range`).
+    """
+    check_choice("architecture", architecture, ARCHITECTURES)
+    options, train = dict(options or {}), dict(train or {})
+    if architecture == "topk":
+        n = min(n_points, len(TOPK_KS))
+        picks = sorted({round(i * (len(TOPK_KS) - 1) / max(1, n - 1)) for i in range(n)})
+        return [SAESpec("topk", 0.0, options | {"k": TOPK_KS[i]}, train, label=label or "topk") for i in picks]
+    low, high = coeff_range or COEFFICIENT_RANGES[architecture]
+    return [SAESpec(architecture, c, options, train, label=label or architecture)
+            for c in coefficient_grid(low, high, n_points)]
