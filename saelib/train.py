@@ -361,8 +361,8 @@ def train_sae(sae: nn.Module, batches, cfg: TrainConfig, *, resume: bool = False
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
     check_every = cfg.check_finite_every or (1 if device.type == "cpu" else cfg.log_every)
-    where = (f"the last good checkpoint is in {cfg.checkpoint_dir}" if cfg.checkpoint_dir
-             else "no checkpoint_dir was set")
+    where = (f"the latest checkpoint in {cfg.checkpoint_dir} (if one was written) holds the last good state"
+             if cfg.checkpoint_dir else "no checkpoint_dir was set, so there is no checkpoint to go back to")
     last_ok = progress.step
     grad_norm = None
     bar = tqdm(total=total, initial=progress.step, disable=not (cfg.progress and info.is_main),
