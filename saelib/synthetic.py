@@ -16,8 +16,16 @@ feature_recovery(true_directions, W_dec) = mean over true features of the best c
 with any learned decoder row (swap the arguments for the other direction: how many learned
 features are real).
 
-The defaults (d_in 64, 512 features, true L0 8, exponent 0.5, exponential magnitudes) are the
-configuration the unit tests train on: small enough for CPU, hard enough that a ReLU SAE shrinks.
+The defaults (d_in 64, 256 features, true L0 8, exponent 0.5, exponential magnitudes, no noise) are
+the configuration for the unit tests: small enough for CPU, hard enough that a ReLU SAE shrinks.
+Measured recipe (inputs scaled to unit mean squared norm, d_sae 512, 1000 steps of batch 512 drawn
+from 200k samples, Adam lr 1e-3, betas (0, 0.999); 5-18 s each on a shared 2-core CPU):
+    ReLU   lambda 0.3                                      L0 9.8   gamma 0.83   recovery 0.985
+    Gated  lambda 0.3                                      L0 9.7   gamma 0.98   recovery 0.975
+    JumpReLU lambda 0.01, theta_init 0.1, bandwidth 0.01  L0 7.4   gamma 1.00   recovery 0.976
+    TopK   k 8                                             L0 7.8   gamma 1.00   recovery 0.991
+(JumpReLU with the paper's theta_init = bandwidth = 1e-3 needs many more steps here: Adam moves
+log_threshold by about lr per step, so theta grows at most e-fold every 1/lr steps.)
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ MAGNITUDES = ("exponential", "uniform", "half_normal", "constant")
 @dataclass
 class SyntheticActivations:
     d_in: int = 64
-    n_features: int = 512
+    n_features: int = 256
     target_l0: float = 8.0                 # expected active features per token, sum_i p_i
     frequency_exponent: float = 0.5        # p_i ∝ (i + 1)^-exponent; 0 gives equal frequencies
     max_frequency: float = 0.5             # cap on any p_i (an always-on feature is just a bias)

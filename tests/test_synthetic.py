@@ -6,14 +6,14 @@ from saelib.synthetic import MAGNITUDES, SyntheticActivations, feature_recovery,
 
 def test_default_configuration_shapes_and_frequencies():
     data = SyntheticActivations()
-    assert (data.d_in, data.n_features) == (64, 512)
-    assert data.directions.shape == (512, 64)
-    assert torch.allclose(data.directions.norm(dim=1), torch.ones(512), atol=1e-6)
+    assert (data.d_in, data.n_features) == (64, 256)
+    assert data.directions.shape == (256, 64)
+    assert torch.allclose(data.directions.norm(dim=1), torch.ones(256), atol=1e-6)
     p = data.frequencies
     assert data.true_l0 == pytest.approx(8.0, rel=1e-6)
     assert torch.all(p[:-1] >= p[1:])  # index 0 is the most frequent
     # power law: p_i (i+1)^0.5 constant where not capped
-    assert torch.allclose(p * torch.arange(1, 513).float().sqrt(), p[0].expand(512), rtol=1e-5)
+    assert torch.allclose(p * torch.arange(1, 257).float().sqrt(), p[0].expand(256), rtol=1e-5)
 
 
 def test_frequency_cap_binds_and_l0_still_exact():
@@ -112,7 +112,7 @@ def test_feature_recovery():
     (dict(d_in=0), "d_in"),
     (dict(n_features=-1), "n_features"),
     (dict(target_l0=0), "target_l0"),
-    (dict(target_l0=300), "target_l0"),           # > max_frequency * n_features = 256
+    (dict(target_l0=200), "target_l0"),           # > max_frequency * n_features = 128
     (dict(frequency_exponent=-1), "frequency_exponent"),
     (dict(magnitude="gamma"), "magnitude"),
     (dict(magnitude_mean=0), "magnitude_mean"),
