@@ -5,5 +5,7 @@ from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
 from .topk import TopKSAE
+from .train import NonFiniteError, TrainConfig, train_sae
 
-__all__ = ["SAE", "LossOutput", "ReLUSAE", "GatedSAE", "JumpReLUSAE", "TopKSAE", "ARCHITECTURES", "create_sae"]
+__all__ = ["SAE", "LossOutput", "ReLUSAE", "GatedSAE", "JumpReLUSAE", "TopKSAE", "ARCHITECTURES", "create_sae",
+           "TrainConfig", "train_sae", "NonFiniteError"]

@@ -1,0 +1,78 @@
+"""Every numbered notebook runs end to end at smoke scale (offline, CPU), has a `parameters` cell, and
+stops at its validation cell with a clear message when papermill passes a bad parameter."""
+import json
+from pathlib import Path
+
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_there_are_ten_numbered_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_code_cell_is_tagged_parameters(path):
+    first = _code_cells(path)[0]
+    assert "parameters" in first["metadata"].get("tags", [])
+    source = "".join(first["source"])
+    for name in ("scale", "seed", "device", "model"):
+        assert f"{name} =" in source, f"{path.name}: parameters cell lacks {name}"
+
+
+def _execute(path, out_dir, monkeypatch, **parameters):
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(out_dir))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    return papermill.execute_notebook(str(path), str(out_dir / path.name), parameters=parameters,
+                                      kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_at_smoke_scale(path, tmp_path, monkeypatch):
+    _execute(path, tmp_path, monkeypatch, scale="smoke")
+    figures = list((tmp_path / "smoke" / "figures").glob("*.png"))
+    claims = tmp_path / "smoke" / "claims" / f"{path.stem}.json"
+    assert figures, f"{path.name} saved no figure"
+    assert claims.exists() and json.loads(claims.read_text()), f"{path.name} recorded no claim"
+
+
+def _error_of(path, tmp_path, monkeypatch, **parameters) -> str:
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        _execute(path, tmp_path, monkeypatch, **parameters)
+    err = info.value
+    assert err.ename == "ValueError", f"expected a ValueError, got {err.ename}: {err.evalue}"
+    # the failing cell comes right after the parameters cell (and papermill's injected parameters)
+    executed = json.loads((tmp_path / path.name).read_text())
+    code = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    failing = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failing and failing[0] <= 2, f"the error surfaced in code cell {failing}, not at the validation cell"
+    return err.evalue
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_unknown_scale_stops_at_validation(path, tmp_path, monkeypatch):
+    message = _error_of(path, tmp_path, monkeypatch, scale="huge")
+    assert "scale" in message and "'smoke'" in message and "'default'" in message
+
+
+def _notebook(prefix):
+    return next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+
+
+def test_unknown_kernel_stops_at_validation(tmp_path, monkeypatch):
+    message = _error_of(_notebook("05"), tmp_path, monkeypatch, scale="smoke", kernels=["rectangle", "box"])
+    assert "kernels" in message and "'rectangle'" in message
+
+
+def test_negative_coefficient_stops_at_validation(tmp_path, monkeypatch):
+    message = _error_of(_notebook("03"), tmp_path, monkeypatch, scale="smoke", sparsity_coeffs=[0.1, -1.0])
+    assert "sparsity_coeffs" in message
