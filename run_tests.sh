@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_env.sh
 export CUDA_VISIBLE_DEVICES=""          # tests never depend on a GPU
-exec "$PY" -m pytest -n 2 "$@"
+exec "$PY" -m pytest -n 2 --dist loadgroup "$@"
