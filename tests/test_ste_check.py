@@ -1,0 +1,108 @@
+"""STE-versus-finite-difference checks (saelib.ste_check) and the training-time threshold monitor."""
+import copy
+import math
+
+import pytest
+import torch
+
+from saelib import JumpReLUSAE, ReLUSAE
+from saelib.monitor import ThresholdMonitor
+from saelib.ste_check import (finite_difference_threshold_gradient, sparsity_gradient_paths,
+                              ste_threshold_gradients)
+from saelib.train import TrainConfig, train_sae
+
+
+def _sae_and_data(penalty="l0", n=60_000, seed=0):
+    """A small JumpReLU SAE whose thresholds sit inside the bulk of its pre-activations."""
+    torch.manual_seed(seed)
+    x = torch.randn(n, 12, dtype=torch.float64) * torch.linspace(0.2, 1.0, 12, dtype=torch.float64)
+    sae = JumpReLUSAE(12, 24, penalty=penalty).double()
+    with torch.no_grad():
+        z = sae.pre_activations(x[:5000])
+        sae.log_threshold.copy_(torch.log(torch.quantile(z, 0.7, dim=0)))   # 30% of tokens active
+    return sae, x
+
+
+def _brute_force_fd(sae, x, lam, h, i):
+    """Central difference of the mean loss, computed by actually moving log_threshold[i]."""
+    losses = []
+    for sign in (1, -1):
+        s = copy.deepcopy(sae).eval()
+        with torch.no_grad():
+            s.log_threshold[i] += sign * h
+            losses.append(s.loss(x, lam).loss.item())
+    return (losses[0] - losses[1]) / (2 * h)
+
+
+@pytest.mark.parametrize("penalty", ["l0", "l1"])
+def test_vectorised_finite_difference_matches_moving_the_threshold(penalty):
+    sae, x = _sae_and_data(penalty, n=5_000)
+    lam, h = 0.3, 0.05
+    fd, stderr = finite_difference_threshold_gradient(sae, x, lam, h, batch_size=1024)
+    for i in (0, 5, 17):
+        assert fd[i].item() == pytest.approx(_brute_force_fd(sae, x, lam, h, i), rel=1e-9, abs=1e-12)
+    assert torch.all(stderr > 0) and torch.all(stderr < fd.abs().max())
+
+
+def test_ste_gradient_approximates_the_finite_difference():
+    """The STE is a kernel density estimate of d E[L] / d log theta: with a moderate bandwidth on many
+    tokens it agrees with a central difference of the true loss (different in every feature)."""
+    sae, x = _sae_and_data()
+    lam = 0.3
+    fd, stderr = finite_difference_threshold_gradient(sae, x, lam, h=0.02)
+    ste = ste_threshold_gradients(sae, x, lam, batch_size=6_000, bandwidth=0.02).mean(0)
+    assert torch.corrcoef(torch.stack([ste, fd]))[0, 1] > 0.95
+    assert (ste - fd).abs().max() < 0.2 * fd.abs().max()
+    # and the sign of lambda's contribution: a larger lambda pushes every threshold up (gradient down)
+    ste_more = ste_threshold_gradients(sae, x, lam + 1.0, batch_size=6_000, bandwidth=0.02).mean(0)
+    assert torch.all(ste_more < ste)
+
+
+def test_batch_gradients_average_to_the_full_gradient():
+    sae, x = _sae_and_data(n=4_000)
+    bandwidths = sae.bandwidths.clone()
+    per_batch = ste_threshold_gradients(sae, x, 0.3, batch_size=1_000, bandwidth=0.05)
+    assert per_batch.shape == (4, 24)
+    full = ste_threshold_gradients(sae, x, 0.3, batch_size=4_000, bandwidth=0.05)[0]
+    assert torch.allclose(per_batch.mean(0), full, rtol=1e-9, atol=1e-12)
+    assert torch.equal(sae.bandwidths, bandwidths)          # the override is undone
+
+
+def test_the_l0_term_reaches_only_the_threshold():
+    sae, x = _sae_and_data(n=2_000)
+    paths = sparsity_gradient_paths(sae, x)
+    assert paths["log_threshold"] > 0
+    assert all(v == 0.0 for name, v in paths.items() if name != "log_threshold")
+    l1_paths = sparsity_gradient_paths(_sae_and_data("l1", n=2_000)[0], x)     # the L1 penalty reaches the encoder
+    assert l1_paths["W_enc"] > 0 and l1_paths["b_enc"] > 0
+    relu_paths = sparsity_gradient_paths(ReLUSAE(12, 24).double(), x)
+    assert relu_paths["W_enc"] > 0
+
+
+def test_checks_refuse_other_architectures_and_bad_values():
+    x = torch.randn(10, 12)
+    with pytest.raises(ValueError, match="JumpReLUSAE"):
+        finite_difference_threshold_gradient(ReLUSAE(12, 24), x, 0.1, h=0.1)
+    with pytest.raises(ValueError, match="h=-0.1"):
+        finite_difference_threshold_gradient(JumpReLUSAE(12, 24), x, 0.1, h=-0.1)
+    with pytest.raises(ValueError, match="batch_size=20"):
+        ste_threshold_gradients(JumpReLUSAE(12, 24), x, 0.1, batch_size=20)
+
+
+def test_monitor_records_without_changing_training():
+    x = torch.randn(2_048, 12)
+    cfg = TrainConfig(total_steps=30, batch_size=128, sparsity_coeff=0.1, lr=1e-2, progress=False, device="cpu")
+    torch.manual_seed(0)
+    plain = JumpReLUSAE(12, 24, theta_init=0.01)
+    watched = copy.deepcopy(plain)
+    train_sae(plain, x, cfg)
+    monitor = ThresholdMonitor(x, watched, every=10, batch_size=cfg.batch_size, seed=cfg.seed)
+    train_sae(watched, monitor, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), watched.parameters()))
+    assert [r["step"] for r in monitor.records] == [0, 10, 20]
+    first = monitor.records[0]
+    assert first["theta_q50"] == pytest.approx(0.01) and first["log_theta_mean"] == pytest.approx(math.log(0.01))
+    assert 0 <= first["window_fraction"] <= 1 and first["l0"] > 0
+    assert monitor.records[-1]["theta_q50"] != pytest.approx(0.01)      # the thresholds moved
+    with pytest.raises(ValueError, match="JumpReLUSAE"):
+        ThresholdMonitor(x, ReLUSAE(12, 24), batch_size=128)
