@@ -3,9 +3,11 @@
     fig, ax = new_figure()
     plot_frontier(ax, rows, x="l0", y="delta_lm_loss", group="label")
     save_figure(fig, "08_pareto_delta_lm_loss", scale=scale)     # figures/08_pareto_delta_lm_loss.png/.pdf
+    plot_frequency_histogram(ax, metrics["feature_frequencies"], label="jumprelu", n_tokens=32768)
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -64,3 +66,26 @@ def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "lab
         ax.set_yscale("log")
     ax.legend(fontsize=7)
     return ax
+
+
+def plot_frequency_histogram(ax, frequencies, label: str, n_tokens: int | None = None, bins: int = 40,
+                             dense_threshold: float = 0.1):
+    """Histogram of log10 feature frequencies (fraction of tokens on which each feature fires), one step line.
+
+    Dead features (frequency 0) have no logarithm: they are counted in the legend instead. With `n_tokens`
+    (the tokens the frequencies were measured on) the axis starts at the rarest measurable frequency
+    1 / n_tokens. A dotted line marks the dense threshold. Returns the bin counts (alive features only).
+    """
+    import numpy as np
+
+    freq = np.asarray(frequencies, dtype=float)                    # [d_sae]
+    alive = np.log10(freq[freq > 0])
+    low = math.log10(1.0 / n_tokens) if n_tokens else (alive.min() if alive.size else -6.0)
+    edges = np.linspace(min(low, alive.min(initial=low)) - 1e-9, 0.0, bins + 1)
+    counts, _, _ = ax.hist(alive, bins=edges, histtype="step", lw=1.5, color=color_for(label),
+                           label=f"{label}: {int((freq == 0).sum())} dead")
+    ax.axvline(math.log10(dense_threshold), color="k", ls=":", lw=0.8)
+    ax.set_xlabel("log10 feature frequency")
+    ax.set_ylabel("features")
+    ax.legend(fontsize=7)
+    return counts

@@ -1,0 +1,31 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from saelib.plotting import new_figure, plot_frequency_histogram
+
+
+def test_frequency_histogram_counts_alive_features_and_names_the_dead():
+    freqs = [0.0, 0.0, 0.0, 1e-3, 1e-3, 0.02, 0.5]          # 3 dead, 4 alive
+    fig, ax = new_figure()
+    counts = plot_frequency_histogram(ax, freqs, label="relu", n_tokens=10_000, bins=20)
+    assert counts.sum() == 4
+    assert "3 dead" in ax.get_legend().get_texts()[0].get_text()
+    assert ax.get_xlim()[0] <= np.log10(1e-4)                # axis starts at the rarest measurable frequency
+
+
+def test_frequency_histogram_with_only_dead_features_draws_an_empty_histogram():
+    fig, ax = new_figure()
+    counts = plot_frequency_histogram(ax, np.zeros(8), label="gated", n_tokens=100)
+    assert counts.sum() == 0
+    assert "8 dead" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_frequency_histogram_without_n_tokens_starts_at_the_rarest_feature():
+    fig, ax = new_figure()
+    counts = plot_frequency_histogram(ax, [1e-5, 0.3], label="topk", bins=5)
+    assert counts.sum() == 2
+    assert counts[0] == 1 and counts[-1] == 1
