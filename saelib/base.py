@@ -7,7 +7,7 @@ row i of W_dec is feature i's decoder direction (a "column" of W_dec in the pape
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -49,6 +49,25 @@ def random_directions(n: int, d: int, norm: float = 1.0) -> torch.Tensor:
     return w * (norm / w.norm(dim=1, keepdim=True))
 
 
+def centred_matmul(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, b_dec: torch.Tensor) -> torch.Tensor:
+    """(x - b_dec) @ W + b   [batch, d_sae]  (b=None: no bias), computed as  x @ W + (b - b_dec @ W).
+
+    The two are equal up to rounding. Written the second way, x never enters the graph through a
+    subtraction with a parameter, so autograd skips the gradient with respect to the input, a
+    [batch, d_sae] @ [d_sae, d_in] product (1/6 of a standard SAE's training step) that training never
+    needs; b_dec gets its gradient through the small vector-matrix product b_dec @ W.
+    """
+    shift = b_dec @ W                                                    # [d_sae]
+    return torch.addmm(-shift if b is None else b - shift, x, W)
+
+
+def keep_where_positive(values: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """values * H(u) elementwise (H the Heaviside step, H(0) = 0) in one vectorised pass: ATen's
+    ReLU-backward kernel, "values where u > 0, else 0". On CPU several times faster than multiplying by
+    a boolean mask. Differentiable in `values`."""
+    return torch.ops.aten.threshold_backward(values.to(u.dtype), u, 0)
+
+
 def check_sparsity_coeff(value: Any) -> None:
     """sparsity_coeff must be a number >= 0 (tensors, e.g. from a warm-up schedule, are trusted)."""
     if not isinstance(value, torch.Tensor):
@@ -65,16 +84,25 @@ class LossOutput:
     reconstruction  scalar, the reconstruction term as it enters the loss
     sparsity        scalar, the penalty *before* multiplying by sparsity_coeff
     aux             scalar, auxiliary term (Gated's frozen-decoder reconstruction, TopK's AuxK); 0 elsewhere
-    f               [batch, d_sae] feature activations
+    f               [batch, d_sae] feature activations (detached from the graph for TopK)
     x_hat           [batch, d_in] reconstruction
+
+    An SAE that computes f sparsely (TopK) may pass a function instead of f; the dense
+    [batch, d_sae] tensor is then built on first access only (a training step mostly never reads it).
     """
 
     loss: torch.Tensor
     reconstruction: torch.Tensor
     sparsity: torch.Tensor
     aux: torch.Tensor
-    f: torch.Tensor
+    _f: torch.Tensor | Callable[[], torch.Tensor]
     x_hat: torch.Tensor
+
+    @property
+    def f(self) -> torch.Tensor:
+        if callable(self._f):
+            self._f = self._f()
+        return self._f
 
 
 # ----------------------------------------------------------------------------- base module
@@ -111,7 +139,7 @@ class SAE(nn.Module):
 
     # --- shared --------------------------------------------------------------------------------
     def decode(self, f: torch.Tensor) -> torch.Tensor:  # [batch, d_sae] -> [batch, d_in]
-        return f @ self.W_dec + self.b_dec
+        return torch.addmm(self.b_dec, f, self.W_dec)                   # f W_dec + b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SAE, LossOutput, check_choice, check_positive, check_sparsity_coeff, random_directions
+from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
+                   keep_where_positive, random_directions)
 
 MAG_WEIGHTS = ("r_mag", "no_r_mag", "untied")
 AUX_DECODER = ("frozen", "unfrozen")
@@ -86,10 +87,10 @@ class GatedSAE(SAE):
     def pre_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pi_gate, pi_mag), each [batch, d_sae]; the tied variants share one encoder matmul."""
         self.check_input(x)
-        x_centred = x - self.b_dec                                          # x'
         if self.mag_weights == "untied":
-            return x_centred @ self.W_gate + self.b_gate, x_centred @ self.W_mag + self.b_mag
-        z = x_centred @ self.W_gate                                         # [batch, d_sae]
+            return (centred_matmul(x, self.W_gate, self.b_gate, self.b_dec),
+                    centred_matmul(x, self.W_mag, self.b_mag, self.b_dec))
+        z = centred_matmul(x, self.W_gate, None, self.b_dec)               # x' W_gate  [batch, d_sae]
         pi_gate = z + self.b_gate                                           # eq. 5
         pi_mag = z * torch.exp(self.r_mag) + self.b_mag                     # eqs. 6, 8
         return pi_gate, pi_mag
@@ -98,26 +99,36 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self.pre_activations(x)
         return (pi_gate > 0) * torch.relu(pi_mag)                           # eq. 7
 
+    def activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f, ReLU(pi_gate)), each [batch, d_sae]: the codes and the gate's own activations (eqs. 5-8)."""
+        if self.mag_weights == "untied":
+            pi_gate, pi_mag = self.pre_activations(x)
+            return (pi_gate > 0) * torch.relu(pi_mag), torch.relu(pi_gate)
+        self.check_input(x)
+        z = centred_matmul(x, self.W_gate, None, self.b_dec)               # x' W_gate  [batch, d_sae]
+        return GatedActivations.apply(z, self.b_gate, self.r_mag, self.b_mag)
+
     def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
         check_sparsity_coeff(sparsity_coeff)
-        pi_gate, pi_mag = self.pre_activations(x)
-        f = (pi_gate > 0) * torch.relu(pi_mag)                              # [batch, d_sae]
-        x_hat = self.decode(f)
-        reconstruction = (x_hat - x).pow(2).sum(-1).mean()
-
-        gate_relu = torch.relu(pi_gate)                                     # ReLU(pi_gate)
+        f, gate_relu = self.activations(x)                                  # [batch, d_sae] each
+        # (the penalty before the aux decoder: autograd then adds its gradient in place into the decoder's)
         if self.penalty == "l1":
             sparsity = gate_relu.sum(-1).mean()                             # ||ReLU(pi_gate)||_1
         else:
             norms = self.decoder_norms()
             if self.penalty_decoder == "frozen":
                 norms = norms.detach()
-            sparsity = (gate_relu @ norms).mean()                           # sum_i ReLU(pi_gate)_i ||W_dec[i]||
+            # batch mean of sum_i ReLU(pi_gate)_i ||W_dec[i]||  (a broadcast gradient, see ReLUSAE)
+            sparsity = gate_relu.sum(0) @ norms / x.shape[0]
+
+        x_hat = self.decode(f)
+        reconstruction = (x_hat - x).pow(2).sum(-1).mean()
 
         W_aux, b_aux = self.W_dec, self.b_dec
         if self.aux_decoder == "frozen":
             W_aux, b_aux = W_aux.detach(), b_aux.detach()                   # stop-gradient copies
-        aux = (gate_relu @ W_aux + b_aux - x).pow(2).sum(-1).mean()         # ||x - x_hat_frozen(ReLU(pi_gate))||^2
+        x_hat_aux = torch.addmm(b_aux, gate_relu, W_aux)                    # x_hat_frozen(ReLU(pi_gate))
+        aux = (x_hat_aux - x).pow(2).sum(-1).mean()                         # ||x - x_hat_frozen(ReLU(pi_gate))||^2
 
         loss = reconstruction + sparsity_coeff * sparsity + aux             # eq. 9
         return LossOutput(loss, reconstruction, sparsity, aux, f, x_hat)
@@ -167,3 +178,39 @@ class GatedSAE(SAE):
         for p in (sae.W_gate, sae.b_gate, sae.W_dec, sae.b_dec):
             p.requires_grad_(False)
         return sae.to(relu_sae.W_dec.device)
+
+
+class GatedActivations(torch.autograd.Function):
+    """(z = x' W_gate, b_gate, r_mag, b_mag) -> (f, ReLU(pi_gate)) for the tied Gated SAE, eqs. 5-8.
+
+    The same values as the plain expressions in GatedSAE.encode, with the backward written out so that a
+    training step makes two [batch, d_sae] temporaries here instead of about ten:
+        pi_gate = z + b_gate                  d pi_gate / dz = 1
+        pi_mag  = z * exp(r_mag) + b_mag      d pi_mag / dz = exp(r_mag),  d pi_mag / d r_mag = z * exp(r_mag)
+        f       = 1[pi_gate > 0] * ReLU(pi_mag)     d f / d pi_mag = 1[f > 0];  no gradient to the gate
+        ReLU(pi_gate)                               d / d pi_gate = 1[pi_gate > 0]
+    """
+
+    @staticmethod
+    def forward(ctx, z, b_gate, r_mag, b_mag):
+        scale = torch.exp(r_mag)                                            # [d_sae]
+        pi_gate = z + b_gate                                                # eq. 5
+        pi_mag = torch.addcmul(b_mag, z, scale)                             # eqs. 6, 8
+        gate_relu = pi_gate.relu_()                                         # ReLU(pi_gate), in place
+        f = keep_where_positive(pi_mag.relu_(), gate_relu)                  # eq. 7: 1[pi_gate > 0] * ReLU(pi_mag)
+        ctx.save_for_backward(z, scale, f, gate_relu)
+        return f, gate_relu
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_gate_relu):
+        z, scale, f, gate_relu = ctx.saved_tensors
+        grad_z = torch.zeros_like(z) if grad_gate_relu is None else keep_where_positive(grad_gate_relu, gate_relu)
+        grad_b_gate = grad_z.sum(0)                                         # grad_z holds d/d pi_gate so far
+        grad_r_mag = grad_b_mag = None
+        if grad_f is not None:
+            grad_pi_mag = keep_where_positive(grad_f, f)                    # [batch, d_sae]
+            grad_b_mag = grad_pi_mag.sum(0)
+            grad_z.addcmul_(grad_pi_mag, scale)                             # + d/d pi_mag * exp(r_mag)
+            if ctx.needs_input_grad[2]:
+                grad_r_mag = grad_pi_mag.mul_(z).sum(0) * scale             # sum_b d/d pi_mag * z * exp(r_mag)
+        return grad_z, grad_b_gate, grad_r_mag, grad_b_mag

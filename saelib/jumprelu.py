@@ -23,7 +23,8 @@ import math
 import torch
 from torch import nn
 
-from .base import SAE, LossOutput, check_choice, check_positive, check_sparsity_coeff, random_directions
+from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
+                   random_directions)
 from .kernels import KERNEL_SUPPORT, KERNELS
 from .ste import jumprelu_with_l0
 
@@ -77,7 +78,7 @@ class JumpReLUSAE(SAE):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:           # pi [batch, d_sae]
         self.check_input(x)
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return centred_matmul(x, self.W_enc, self.b_enc, self.b_dec)     # (x - b_dec) W_enc + b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         f, _ = jumprelu_with_l0(self.pre_activations(x), self.threshold, self.bandwidths, self.kernel)
@@ -90,9 +91,9 @@ class JumpReLUSAE(SAE):
         if self.adaptive and self.training:
             self._adapt_bandwidths(pi.detach(), theta.detach())
         f, l0 = jumprelu_with_l0(pi, theta, self.bandwidths, self.kernel)   # eqs. 4, 6 with eqs. 11-12
+        sparsity = l0 if self.penalty == "l0" else f.sum(-1).mean()         # (before the decoder, see ReLUSAE)
         x_hat = self.decode(f)
         reconstruction = (x_hat - x).pow(2).sum(-1).mean()
-        sparsity = l0 if self.penalty == "l0" else f.sum(-1).mean()
         loss = reconstruction + sparsity_coeff * sparsity
         zero = torch.zeros((), device=x.device, dtype=x.dtype)
         return LossOutput(loss, reconstruction, sparsity, zero, f, x_hat)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SAE, LossOutput, check_choice, check_positive, check_sparsity_coeff, random_directions
+from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
+                   random_directions)
 
 VARIANTS = ("standard", "april_update")
 
@@ -56,20 +57,23 @@ class ReLUSAE(SAE):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:       # [batch, d_sae]
         self.check_input(x)
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return centred_matmul(x, self.W_enc, self.b_enc, self.b_dec)   # (x - b_dec) W_enc + b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.pre_activations(x))                     # eq. 1
+        return self.pre_activations(x).relu_()                         # eq. 1 (in place: pi is not kept)
 
     def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
         check_sparsity_coeff(sparsity_coeff)
         f = self.encode(x)                                             # [batch, d_sae]
-        x_hat = self.decode(f)                                         # [batch, d_in]
-        reconstruction = (x_hat - x).pow(2).sum(-1).mean()
+        # (the penalty before the decoder: autograd then adds its gradient in place into the decoder's)
         if self.variant == "april_update":
-            sparsity = (f @ self.decoder_norms()).mean()               # sum_i f_i ||W_dec[i]||
+            # batch mean of sum_i f_i ||W_dec[i]||, written (sum_b f_b) . ||W_dec|| / batch so that its
+            # gradient in f is a broadcast row rather than a [batch, d_sae] outer product
+            sparsity = f.sum(0) @ self.decoder_norms() / x.shape[0]
         else:
             sparsity = f.sum(-1).mean()                                # ||f||_1 (f >= 0)
+        x_hat = self.decode(f)                                         # [batch, d_in]
+        reconstruction = (x_hat - x).pow(2).sum(-1).mean()
         loss = reconstruction + sparsity_coeff * sparsity
         zero = torch.zeros((), device=x.device, dtype=x.dtype)
         return LossOutput(loss, reconstruction, sparsity, zero, f, x_hat)

@@ -12,12 +12,19 @@ The kernel window is centred on the *pre-activation* z at the threshold, u = (z 
 
 Both outputs come from one autograd function so the kernel is evaluated once per backward pass:
     grad_theta_i = sum_b K(u_bi) * ( -(theta_i / eps_i) * grad_f_bi  -  (1 / eps_i) * grad_l0 / batch )
+A kernel with compact support (rectangle, triangular, Epanechnikov) is zero outside the window
+|z - theta| < support * eps, which holds only a few pre-activations per feature; on CPU the kernel is
+evaluated there only (no [batch, d_sae] temporaries). On GPU, and for the Gaussian kernels, it is
+evaluated densely (a sparse gather would cost a host synchronisation there).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .kernels import get_kernel
+from .base import keep_where_positive
+from .kernels import KERNEL_SUPPORT, get_kernel
 
 
 class JumpReLUWithL0(torch.autograd.Function):
@@ -25,28 +32,41 @@ class JumpReLUWithL0(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, theta, eps, kernel_name: str):
-        active = z > theta                                   # H(z - theta)   [batch, d_sae]
-        f = z * active                                       # eq. 4
-        l0 = active.sum(dtype=z.dtype) / z.shape[0]          # eq. 6, mean over the batch
-        ctx.save_for_backward(z, theta, eps)
+        u = z - theta                                        # [batch, d_sae]; H(z - theta) = H(u), exactly
+        f = keep_where_positive(z, u)                       # eq. 4: z * H(z - theta)
+        l0 = torch.count_nonzero(u > 0).to(f.dtype) / z.shape[0]   # eq. 6, mean over the batch
+        ctx.save_for_backward(u, theta, eps)                 # z itself is not needed again
         ctx.kernel_name = kernel_name
         return f, l0
 
     @staticmethod
     def backward(ctx, grad_f, grad_l0):
-        z, theta, eps = ctx.saved_tensors
+        u, theta, eps = ctx.saved_tensors
         grad_z = grad_theta = None
         if grad_f is not None and ctx.needs_input_grad[0]:
-            grad_z = grad_f * (z > theta)                    # d/dz JumpReLU := H(z - theta)
+            grad_z = keep_where_positive(grad_f, u)         # d/dz JumpReLU := H(z - theta)
         if ctx.needs_input_grad[1]:
-            k = get_kernel(ctx.kernel_name)((z - theta) / eps)   # K(u), u centred on the threshold
+            batch, d_sae = u.shape
+            theta, eps = theta.expand(d_sae), eps.expand(d_sae)                  # [d_sae]
+            support = KERNEL_SUPPORT[ctx.kernel_name]
+            if u.device.type == "cpu" and math.isfinite(support):
+                # the pre-activations inside the kernel's window (a hair wider: K itself decides the edge)
+                half = 1.001 * support * eps
+                b, i = ((u > -half) & (u < half)).nonzero(as_tuple=True)
+                u, theta, eps = u[b, i], theta[i], eps[i]                        # [n_window]
+                if grad_f is not None:
+                    grad_f = grad_f[b, i]
+            k = get_kernel(ctx.kernel_name)(u / eps)         # K((z - theta) / eps), centred on the threshold
             # per-element weight on K(u): -(theta/eps) * grad_f  (eq. 11)  -(1/eps) * grad_l0/batch (eq. 12)
-            g = torch.zeros((), dtype=z.dtype, device=z.device)
+            g = torch.zeros((), dtype=u.dtype, device=u.device)
             if grad_f is not None:
                 g = g - (theta / eps) * grad_f
             if grad_l0 is not None:
-                g = g - grad_l0 / (eps * z.shape[0])
-            grad_theta = (k * g).sum(0)                      # [d_sae]
+                g = g - grad_l0 / (eps * batch)
+            if u.dim() == 1:                                 # window entries: add each to its feature
+                grad_theta = torch.zeros(d_sae, dtype=u.dtype, device=u.device).index_add_(0, i, k * g)
+            else:
+                grad_theta = (k * g).sum(0)                  # [d_sae]
         return grad_z, grad_theta, None, None
 
 
