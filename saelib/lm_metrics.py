@@ -83,8 +83,8 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
 
     `scale` is the input scale s the SAE was trained with (1.0 for an SAE whose scale is folded in).
     The SAE replaces activations except at `exclude_token_ids` (default: BOS and padding); predictions
-    of `pad_token_id` targets are left out of every CE (defaults from saelib.registry.get_tokenizer). Raises ValueError (via
-    `loss_recovered`) when zero-ablating the site does not raise the loss.
+    of `pad_token_id` targets are left out of every CE (defaults: saelib.registry.get_tokenizer).
+    Raises ValueError (via `loss_recovered`) when zero-ablating the site does not raise the loss.
     """
     _check_tokens(tokens)
     check_hook_name(model, hook_name)

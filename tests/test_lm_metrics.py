@@ -11,7 +11,9 @@ from saelib.normalization import estimate_scale
 from saelib.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
 from saelib.relu import ReLUSAE
 
-SITES = ["blocks.1.hook_resid_post", "blocks.2.attn.hook_z", "blocks.0.mlp.hook_post", "blocks.3.hook_mlp_out"]
+# zero-ablating each of these raises the embedded model's CE (measured: resid ~6.9, block-0 hook_z ~1.3,
+# block-0 MLP ~4.0, block-3 mlp_out ~0.06 nats); later attention/MLP sites matter far less
+SITES = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "blocks.0.mlp.hook_post", "blocks.3.hook_mlp_out"]
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +54,12 @@ def test_identity_sae_changes_nothing(model, tokens, hook_name):
     result = evaluate_lm(model, identity_sae(d_in), hook_name, tokens, scale=scale, batch_size=10)
     assert abs(result.delta_lm_loss) < 1e-5
     assert result.loss_recovered == pytest.approx(1.0, abs=1e-4)
-    assert result.ce_zero > result.ce_clean + 0.05              # the site matters
+    assert result.ce_zero > result.ce_clean + 0.02              # the site matters
     assert result.fvu < 1e-10 and result.l0 == pytest.approx(d_in, rel=0.01)
     assert result.n_spliced == int(((tokens != 1) & (tokens != 0)).sum())
 
 
-@pytest.mark.parametrize("hook_name", ["blocks.2.hook_resid_pre", "blocks.1.attn.hook_z"])
+@pytest.mark.parametrize("hook_name", ["blocks.2.hook_resid_pre", "blocks.0.attn.hook_z"])
 def test_zero_reconstruction_recovers_nothing(model, tokens, hook_name):
     d_in = kept_activations(model, tokens[:1], hook_name, exclude(model)).shape[-1]
     sae = ReLUSAE(d_in, 32)
@@ -66,7 +68,7 @@ def test_zero_reconstruction_recovers_nothing(model, tokens, hook_name):
     result = evaluate_lm(model, sae, hook_name, tokens, scale=site_scale(model, tokens, hook_name))
     assert result.ce_sae == result.ce_zero
     assert result.loss_recovered == 0.0
-    assert result.delta_lm_loss > 0.05
+    assert result.delta_lm_loss > 0.5
 
 
 def test_clean_ce_is_the_models_loss_and_the_shortcut_is_exact(model, tokens):

@@ -11,8 +11,9 @@ from saelib.registry import load_model, tokenize_padded
 from saelib.relu import ReLUSAE
 
 # The raw-state probe at the last layer must reach this held-out accuracy on the embedded probe slice
-# (chance is 0.5). Measured: see the final report / README; the bar leaves a wide margin.
-MIN_RAW_TEST_ACCURACY = 0.75
+# (300 test examples, balanced: chance is 0.5). Measured 0.80 (train 0.90) with the first shipped model;
+# 0.70 is ~7 standard errors above chance and leaves room for a retrained model.
+MIN_RAW_TEST_ACCURACY = 0.70
 
 
 @pytest.fixture(scope="module")
