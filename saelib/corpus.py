@@ -38,7 +38,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from saelib.base import check_positive, check_range
+from saelib.base import check_choice, check_positive, check_range
 
 # ============================================================================ tokens and the labelling rule
 
@@ -204,7 +204,7 @@ def _verb(base: str, plural: bool, past: bool) -> str:
 
 
 class _Writer:
-    """Holds one document's random choices (topic, tense, reviewer's relatives) and writes its sentences."""
+    """Holds one document's fixed choices (topic, tense, entity, kind) and writes its sentences."""
 
     def __init__(self, rng: random.Random, topic: Topic):
         self.rng, self.topic = rng, topic
@@ -283,8 +283,8 @@ class _Writer:
         dish, dish2 = rng.sample(DISHES, 2)
         template = rng.choice(self.topic.facts)
         return template.format(
-            E=self.entity, kind=self.kind, a_kind=f"{_article(self.kind)} {self.kind}", Full=self.full_name(), Name2=rng.choice(FEMALE + MALE),
-            place=rng.choice(PLACES), City=rng.choice(CITIES), time=rng.choice(TIMES), Rel=self.relative(),
+            E=self.entity, kind=self.kind, a_kind=f"{_article(self.kind)} {self.kind}", Full=self.full_name(),
+            Name2=rng.choice(FEMALE + MALE), place=rng.choice(PLACES), City=rng.choice(CITIES), time=rng.choice(TIMES), Rel=self.relative(),
             role=role, event=event, dish=dish, dish2=dish2)
 
 
@@ -302,8 +302,8 @@ def generate_document(rng: random.Random, topic: str | None = None, prompt_rate:
     clause which carries the opposite one; the label is then read back from the text with
     `sentiment_score` (ties are redrawn), so the label always follows the compositional rule.
     """
-    if topic is not None and topic not in TOPIC_NAMES:
-        raise ValueError(f"topic={topic!r} is not allowed; allowed values: {', '.join(map(repr, TOPIC_NAMES))}")
+    if topic is not None:
+        check_choice("topic", topic, TOPIC_NAMES)
     while True:
         t = TOPICS[TOPIC_NAMES.index(topic)] if topic else rng.choice(TOPICS)
         w = _Writer(rng, t)
