@@ -2,8 +2,8 @@
 
 It stands in for the papers' models when no hub is reachable (DESIGN.md §3). Its weights ship with the
 package (saelib/assets/embedded_model.safetensors + embedded_model.json, a few MB) and loading never
-trains. The JSON holds the HookedTransformerConfig fields, the tokenizer vocabulary, the corpus and
-training settings, and the held-out loss and corpus entropies measured right after training.
+trains unless asked. The JSON holds the HookedTransformerConfig fields, the tokenizer vocabulary, the
+corpus and training settings, and the held-out loss and corpus entropies measured right after training.
 
 Regenerate the shipped files (deterministic for the seed; about 10 minutes on one CPU thread):
 
@@ -13,7 +13,8 @@ Public
   EmbeddedModelConfig                   dataclass: architecture, corpus size, optimiser settings, seed
   train_embedded_model(cfg, log=print)  -> (HookedTransformer, record dict)       trains from scratch
   save_embedded_model(model, tokenizer, record, directory=ASSETS)
-  load_embedded_model(device="cpu", directory=ASSETS) -> (HookedTransformer, WordTokenizer, record)
+  load_embedded_model(device="cpu", directory=ASSETS, train_if_missing=False)
+                                        -> (HookedTransformer, WordTokenizer, record)   never trains unless asked
   shipped_settings()                    -> dict of the EmbeddedModelConfig behind the shipped weights
   heldout_tokens(record_or_cfg)         -> LongTensor [n_rows, n_ctx]  the packed held-out rows
   lm_loss(model, tokens, batch_size)    -> mean next-token cross-entropy (nats/token)
@@ -208,12 +209,20 @@ def shipped_settings(directory: Path | str = ASSETS) -> dict:
     return json.loads(config.read_text())["settings"] if config.exists() else asdict(EmbeddedModelConfig())
 
 
-def load_embedded_model(device: str = "cpu", directory: Path | str = ASSETS):
-    """Load the shipped model offline. Returns (HookedTransformer in eval mode, WordTokenizer, record)."""
+def load_embedded_model(device: str = "cpu", directory: Path | str = ASSETS, train_if_missing: bool = False):
+    """Load the shipped model offline. Returns (HookedTransformer in eval mode, WordTokenizer, record).
+
+    Never trains unless asked: with train_if_missing=True, missing files are regenerated first with the
+    default EmbeddedModelConfig (as `python scripts/train_embedded_model.py --out directory` would).
+    """
     directory = Path(directory)
     weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     if not (weights.exists() and config.exists()):
-        raise FileNotFoundError(f"embedded model files missing in {directory}; regenerate them with: {REGENERATE}")
+        if not train_if_missing:
+            raise FileNotFoundError(f"embedded model files missing in {directory}; regenerate them with: "
+                                    f"{REGENERATE} (or pass train_if_missing=True)")
+        model, record = train_embedded_model(EmbeddedModelConfig())
+        save_embedded_model(model, WordTokenizer.for_corpus(), record, directory)
     record = json.loads(config.read_text())
     tokenizer = WordTokenizer.from_dict(record.pop("tokenizer"))
     model = build_model(record["model_fields"], device=device)

@@ -76,3 +76,8 @@ def test_config_validation():
         EmbeddedModelConfig(n_layers=0)
     with pytest.raises(ValueError, match="n_heads"):
         EmbeddedModelConfig(d_model=10, n_heads=3)
+
+
+def test_missing_files_never_train_unless_asked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_embedded_model.py"):
+        load_embedded_model(directory=tmp_path)
