@@ -7,7 +7,14 @@ import torch
 from saelib.kernels import KERNEL_SUPPORT, KERNELS, fraction_in_window, get_kernel
 from saelib.ste import jumprelu, jumprelu_with_l0, step_l0
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Hand-computed values in float64; restored afterwards so other test modules are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
