@@ -12,32 +12,32 @@ Measurements are taken under no_grad on the served batch (the SAE's state before
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .batches import as_batch_source
 from .base import check_positive
-from .kernels import KERNEL_SUPPORT
+from .batches import as_batch_source
+from .kernels import fraction_in_window
 
 QUANTILES = (0.1, 0.5, 0.9)
 
 
 @torch.no_grad()
 def jumprelu_snapshot(sae, x: torch.Tensor) -> dict:
-    """Thresholds, bandwidths and how many pre-activations of x fall in each feature's kernel window."""
+    """Thresholds, bandwidths and how many pre-activations of x [rows, d_in] fall in each feature's kernel
+    window |z - theta| < support * eps (kernels.fraction_in_window: one bandwidth for the Gaussian kernels).
+    On a training batch, window_fraction * batch_size is the mean number of pre-activations per feature that
+    give its threshold a gradient in that step."""
     z = sae.pre_activations(x.to(sae.W_enc.device))                        # [batch, d_sae]
     theta, eps = sae.threshold, sae.bandwidths                              # [d_sae], [d_sae]
-    support = KERNEL_SUPPORT[sae.kernel] if math.isfinite(KERNEL_SUPPORT[sae.kernel]) else 1.0
-    in_window = ((z - theta).abs() < support * eps).sum(0)                  # [d_sae] counts
-    q = torch.tensor(QUANTILES, dtype=theta.dtype)
+    in_window = fraction_in_window(z, theta, eps, sae.kernel) * z.shape[0]  # [d_sae] counts in x
+    q = torch.tensor(QUANTILES, dtype=theta.dtype, device=theta.device)
     record = {f"theta_q{int(100 * p)}": v for p, v in zip(QUANTILES, torch.quantile(theta, q).tolist())}
     record.update({
         "log_theta_mean": float(sae.log_threshold.mean()),
         "bandwidth_median": float(eps.median()),
         "window_fraction": float(in_window.sum() / z.numel()),             # over all (token, feature) pairs
-        "window_count_median": float(in_window.float().median()),          # per feature, in this batch
-        "features_with_empty_window": float((in_window == 0).float().mean()),
+        "window_count_median": float(in_window.median()),                  # per feature, over the rows of x
+        "features_with_empty_window": float((in_window < 0.5).float().mean()),
         "l0": float((z > theta).sum(-1).float().mean()),
     })
     return record

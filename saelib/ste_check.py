@@ -9,6 +9,7 @@ parameter the optimiser actually moves:
     finite_difference_threshold_gradient(...)    (E L(log theta_i + h) - E L(log theta_i - h)) / 2h, each
                                                  feature perturbed on its own, on the same x (common random
                                                  numbers), with its standard error over tokens
+    gradient_agreement(ste, fd, stderr)          correlation, slope and per-step signal-to-noise of the STE
     sparsity_gradient_paths(sae, x)              which parameters the L0 term reaches: only log_threshold
 
 The finite difference is exact for one feature at a time: moving theta_i changes f_i only, so with
@@ -116,3 +117,25 @@ def sparsity_gradient_paths(sae, x: torch.Tensor) -> dict[str, float]:
     norms = {name: (0.0 if p.grad is None else float(p.grad.norm())) for name, p in sae.named_parameters()}
     sae.zero_grad(set_to_none=True)
     return norms
+
+
+def gradient_agreement(ste_batches: torch.Tensor, fd: torch.Tensor, fd_stderr: torch.Tensor) -> dict[str, float]:
+    """How well per-batch STE gradients [n_batches, d_sae] match the finite difference [d_sae].
+
+    Over the features with tokens inside the finite-difference window (fd_stderr > 0):
+      correlation  Pearson correlation across features of the batch-mean STE with the finite difference
+      slope        least-squares slope of the batch-mean STE on the finite difference, through the origin
+                   (1: right on average; < 1: the kernel smooths the gradient away, a bias of large eps)
+      step_snr     median over features of |mean| / rms of the per-batch STE: the fraction of one Adam step
+                   (which moves by about lr * g / rms(g)) that points the right way on average
+      features     how many features were compared
+    """
+    keep = fd_stderr > 0
+    mean, ref = ste_batches.mean(0)[keep], fd[keep]
+    rms = ste_batches[:, keep].pow(2).mean(0).sqrt()
+    if int(keep.sum()) < 2:
+        return {"correlation": math.nan, "slope": math.nan, "step_snr": math.nan, "features": int(keep.sum())}
+    return {"correlation": float(torch.corrcoef(torch.stack([mean, ref]))[0, 1]),
+            "slope": float((mean * ref).sum() / ref.pow(2).sum()),
+            "step_snr": float((mean.abs() / rms.clamp_min(1e-30)).median()),
+            "features": int(keep.sum())}

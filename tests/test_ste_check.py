@@ -7,7 +7,7 @@ import torch
 
 from saelib import JumpReLUSAE, ReLUSAE
 from saelib.monitor import ThresholdMonitor
-from saelib.ste_check import (finite_difference_threshold_gradient, sparsity_gradient_paths,
+from saelib.ste_check import (finite_difference_threshold_gradient, gradient_agreement, sparsity_gradient_paths,
                               ste_threshold_gradients)
 from saelib.train import TrainConfig, train_sae
 
@@ -56,6 +56,18 @@ def test_ste_gradient_approximates_the_finite_difference():
     # and the sign of lambda's contribution: a larger lambda pushes every threshold up (gradient down)
     ste_more = ste_threshold_gradients(sae, x, lam + 1.0, batch_size=6_000, bandwidth=0.02).mean(0)
     assert torch.all(ste_more < ste)
+
+
+def test_gradient_agreement_reads_correlation_slope_and_noise():
+    fd = torch.tensor([1.0, -2.0, 3.0, 0.5, 7.0], dtype=torch.float64)
+    stderr = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.0], dtype=torch.float64)   # the last feature is not compared
+    noise = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)[:, None]
+    batches = 0.5 * fd + 2.0 * noise * torch.ones(5, dtype=torch.float64)   # mean 0.5 fd, rms sqrt(0.25 fd^2 + 4)
+    a = gradient_agreement(batches, fd, stderr)
+    assert a["features"] == 4
+    assert a["correlation"] == pytest.approx(1.0) and a["slope"] == pytest.approx(0.5)
+    snr = (0.5 * fd[:4].abs() / (0.25 * fd[:4] ** 2 + 4).sqrt()).median()
+    assert a["step_snr"] == pytest.approx(float(snr))
 
 
 def test_batch_gradients_average_to_the_full_gradient():
