@@ -242,10 +242,12 @@ class ActivationBuffer:
 
     @torch.no_grad()
     def _refill(self) -> None:
-        if len(self.perm) == 0:                          # first fill: every slot, in order
+        # the slots to (re)write: all of them at first, then those whose activations were served. Written
+        # in address order (faster); the serving order is the fresh uniform permutation drawn below.
+        if len(self.perm) == 0:
             slots = torch.arange(self.capacity, device=self.device)
-        else:                                            # the slots whose activations were served
-            slots = self.perm[:self.served]
+        else:
+            slots = self.perm[:self.served].sort().values
         start = 0
         for acts in self._fresh_activations(len(slots)):
             self.storage.index_copy_(0, slots[start:start + len(acts)], acts)
@@ -261,8 +263,8 @@ class ActivationBuffer:
         if (len(self.perm) == 0 or self.served + b > self.capacity
                 or self.served >= self.cfg.refill_fraction * self.capacity):
             self._refill()
-        idx = self.perm[self.served:self.served + b]
-        self.served += b
+        idx = self.perm[self.served:self.served + b].sort().values        # sorted reads are faster; the
+        self.served += b                                                   # order within a batch is irrelevant
         batch = self.storage.index_select(0, idx).to(torch.float32)          # [batch_size, d_in], a new tensor
         return batch.mul_(self.scale)
 

@@ -258,3 +258,15 @@ def test_training_from_the_buffer_resumes_bitwise(model, tokens, tmp_path):
     resumed = run(resume=True, directory=tmp_path)
     for name, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_embedded_model_defaults_drop_its_bos_and_padding():
+    from saelib.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
+
+    embedded = load_model("embedded")
+    tok = get_tokenizer(embedded)
+    rows = model_tokenize(embedded, load_text_dataset("embedded", "heldout", n_docs=40), embedded.cfg.n_ctx)
+    buffer = ActivationBuffer(embedded, rows, BufferConfig("blocks.2.hook_resid_post", batch_size=32,
+                                                           buffer_size=128, progress=False))
+    assert set(buffer.exclude_token_ids) == {tok.bos_id, tok.pad_id}
+    assert buffer.next_batch().shape == (32, embedded.cfg.d_model)
