@@ -273,18 +273,22 @@ TOPK_KS = (8, 16, 32, 64, 128, 256)
 
 def frontier_specs(architecture: str, n_points: int, *, label: str | None = None,
                    coeff_range: tuple[float, float] | None = None, options: dict | None = None,
-                   train: dict | None = None) -> list[SAESpec]:
+                   train: dict | None = None, max_k: int | None = None) -> list[SAESpec]:
     """The sweep every notebook uses for a family's Pareto frontier (identical specs -> shared cache).
 
-    For TopK, n_points values of k from TOPK_KS (smallest first); otherwise n_points coefficients spaced
-    evenly in log space over COEFFICIENT_RANGES[architecture] (or `coeff_range`).
+    For TopK, n_points values of k from TOPK_KS (smallest first), only those <= max_k when given (a
+    small SAE, e.g. d_sae 128 at smoke scale, cannot keep 256 latents); otherwise n_points coefficients
+    spaced evenly in log space over COEFFICIENT_RANGES[architecture] (or `coeff_range`).
     """
     check_choice("architecture", architecture, ARCHITECTURES)
     options, train = dict(options or {}), dict(train or {})
     if architecture == "topk":
-        n = min(n_points, len(TOPK_KS))
-        picks = sorted({round(i * (len(TOPK_KS) - 1) / max(1, n - 1)) for i in range(n)})
-        return [SAESpec("topk", 0.0, options | {"k": TOPK_KS[i]}, train, label=label or "topk") for i in picks]
+        if max_k is not None:
+            check_positive("max_k", max_k, integer=True)
+        ks = [k for k in TOPK_KS if max_k is None or k <= max_k] or [max_k]
+        n = min(n_points, len(ks))
+        picks = sorted({round(i * (len(ks) - 1) / max(1, n - 1)) for i in range(n)})
+        return [SAESpec("topk", 0.0, options | {"k": ks[i]}, train, label=label or "topk") for i in picks]
     low, high = coeff_range or COEFFICIENT_RANGES[architecture]
     return [SAESpec(architecture, c, options, train, label=label or architecture)
             for c in coefficient_grid(low, high, n_points)]

@@ -1,0 +1,22 @@
+import pytest
+
+from saelib.experiments import TOPK_KS, frontier_specs
+
+
+def test_topk_frontier_keeps_the_shared_ks_without_max_k():
+    specs = frontier_specs("topk", 2)
+    assert [s.options["k"] for s in specs] == [TOPK_KS[0], TOPK_KS[-1]]
+
+
+def test_topk_frontier_respects_max_k():
+    ks = [s.options["k"] for s in frontier_specs("topk", 3, max_k=128)]
+    assert max(ks) <= 128 and ks == sorted(ks) and len(ks) == 3
+    assert ks[0] == TOPK_KS[0] and ks[-1] == 128
+    # below the smallest preset k, the frontier is the single point k = max_k
+    assert [s.options["k"] for s in frontier_specs("topk", 4, max_k=4)] == [4]
+
+
+def test_max_k_is_validated_and_ignored_by_coefficient_sweeps():
+    with pytest.raises(ValueError, match="max_k"):
+        frontier_specs("topk", 2, max_k=0)
+    assert frontier_specs("gated", 2, max_k=8) == frontier_specs("gated", 2)
