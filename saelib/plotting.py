@@ -46,6 +46,16 @@ def save_figure(fig, name: str, scale: str = "default", pdf: bool = True) -> Pat
     return png
 
 
+def plain_log_ticks(axis) -> None:
+    """Ticks at 1, 2, 5 x 10^n labelled as plain numbers ("2", "50") on a log-scaled axis, no minor labels
+    (matplotlib's default labels every minor tick "2x10^0" when the data span less than a decade or two)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "label",
                   logx: bool = False, logy: bool = False, marker: str = "o", annotate: str | None = None):
     """One line per group through the (x, y) points of `rows` (dicts), sorted by x."""
@@ -62,6 +72,7 @@ def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "lab
     ax.set_ylabel(y)
     if logx:
         ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
     if logy:
         ax.set_yscale("log")
     ax.legend(fontsize=7)

@@ -29,3 +29,15 @@ def test_frequency_histogram_without_n_tokens_starts_at_the_rarest_feature():
     counts = plot_frequency_histogram(ax, [1e-5, 0.3], label="topk", bins=5)
     assert counts.sum() == 2
     assert counts[0] == 1 and counts[-1] == 1
+
+
+def test_log_x_frontier_labels_ticks_as_plain_numbers():
+    from saelib.plotting import plot_frontier
+
+    fig, ax = new_figure()
+    rows = [{"label": "relu", "l0": 1.4, "fvu": 0.5}, {"label": "relu", "l0": 53.0, "fvu": 0.03}]
+    plot_frontier(ax, rows, x="l0", y="fvu", logx=True)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert {"2", "5", "10", "20", "50"} <= set(labels)
+    assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]
