@@ -105,8 +105,12 @@ class GatedSAE(SAE):
             pi_gate, pi_mag = self.pre_activations(x)
             return (pi_gate > 0) * torch.relu(pi_mag), torch.relu(pi_gate)
         self.check_input(x)
-        z = centred_matmul(x, self.W_gate, None, self.b_dec)               # x' W_gate  [batch, d_sae]
-        return GatedActivations.apply(z, self.b_gate, self.r_mag, self.b_mag)
+        # x' W = x W - b_dec W (see centred_matmul: no gradient with respect to x); the constant parts of
+        # pi_gate and pi_mag then go into one bias vector each
+        xW = x @ self.W_gate                                                # [batch, d_sae]
+        shift = self.b_dec @ self.W_gate                                    # [d_sae]
+        scale = torch.exp(self.r_mag)                                       # [d_sae], W_mag = scale * W_gate
+        return GatedActivations.apply(xW, self.b_gate - shift, scale, self.b_mag - scale * shift)
 
     def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
         check_sparsity_coeff(sparsity_coeff)
@@ -181,36 +185,40 @@ class GatedSAE(SAE):
 
 
 class GatedActivations(torch.autograd.Function):
-    """(z = x' W_gate, b_gate, r_mag, b_mag) -> (f, ReLU(pi_gate)) for the tied Gated SAE, eqs. 5-8.
+    """(xW, c_gate, s, c_mag) -> (f, ReLU(pi_gate)) for the tied Gated SAE, eqs. 5-8, where
+        pi_gate = xW + c_gate         = x' W_gate + b_gate                          (eq. 5)
+        pi_mag  = xW * s + c_mag      = x' (exp(r_mag) W_gate) + b_mag              (eqs. 6, 8)
+    with xW = x W_gate, s = exp(r_mag), c_gate = b_gate - b_dec W_gate, c_mag = b_mag - s (b_dec W_gate).
 
     The same values as the plain expressions in GatedSAE.encode, with the backward written out so that a
     training step makes two [batch, d_sae] temporaries here instead of about ten:
-        pi_gate = z + b_gate                  d pi_gate / dz = 1
-        pi_mag  = z * exp(r_mag) + b_mag      d pi_mag / dz = exp(r_mag),  d pi_mag / d r_mag = z * exp(r_mag)
-        f       = 1[pi_gate > 0] * ReLU(pi_mag)     d f / d pi_mag = 1[f > 0];  no gradient to the gate
-        ReLU(pi_gate)                               d / d pi_gate = 1[pi_gate > 0]
+        f             = 1[pi_gate > 0] * ReLU(pi_mag)     d f / d pi_mag = 1[f > 0];  no gradient to the gate
+        ReLU(pi_gate)                                     d / d pi_gate  = 1[pi_gate > 0]
+        d pi_gate / d xW = 1,   d pi_mag / d xW = s,   d pi_mag / d s = xW
     """
 
     @staticmethod
-    def forward(ctx, z, b_gate, r_mag, b_mag):
-        scale = torch.exp(r_mag)                                            # [d_sae]
-        pi_gate = z + b_gate                                                # eq. 5
-        pi_mag = torch.addcmul(b_mag, z, scale)                             # eqs. 6, 8
+    def forward(ctx, xW, c_gate, s, c_mag):
+        pi_gate = xW + c_gate                                               # eq. 5
+        pi_mag = torch.addcmul(c_mag, xW, s)                                # eqs. 6, 8
         gate_relu = pi_gate.relu_()                                         # ReLU(pi_gate), in place
         f = keep_where_positive(pi_mag.relu_(), gate_relu)                  # eq. 7: 1[pi_gate > 0] * ReLU(pi_mag)
-        ctx.save_for_backward(z, scale, f, gate_relu)
+        ctx.save_for_backward(xW, s, f, gate_relu)
         return f, gate_relu
 
     @staticmethod
     def backward(ctx, grad_f, grad_gate_relu):
-        z, scale, f, gate_relu = ctx.saved_tensors
-        grad_z = torch.zeros_like(z) if grad_gate_relu is None else keep_where_positive(grad_gate_relu, gate_relu)
-        grad_b_gate = grad_z.sum(0)                                         # grad_z holds d/d pi_gate so far
-        grad_r_mag = grad_b_mag = None
+        xW, s, f, gate_relu = ctx.saved_tensors
+        if grad_gate_relu is None:
+            grad_xW = torch.zeros_like(xW)
+        else:
+            grad_xW = keep_where_positive(grad_gate_relu, gate_relu)        # d / d pi_gate  [batch, d_sae]
+        grad_c_gate = grad_xW.sum(0)
+        grad_s = grad_c_mag = None
         if grad_f is not None:
-            grad_pi_mag = keep_where_positive(grad_f, f)                    # [batch, d_sae]
-            grad_b_mag = grad_pi_mag.sum(0)
-            grad_z.addcmul_(grad_pi_mag, scale)                             # + d/d pi_mag * exp(r_mag)
+            grad_pi_mag = keep_where_positive(grad_f, f)                    # d / d pi_mag   [batch, d_sae]
+            grad_c_mag = grad_pi_mag.sum(0)
+            grad_xW.addcmul_(grad_pi_mag, s)                                # + d / d pi_mag * s
             if ctx.needs_input_grad[2]:
-                grad_r_mag = grad_pi_mag.mul_(z).sum(0) * scale             # sum_b d/d pi_mag * z * exp(r_mag)
-        return grad_z, grad_b_gate, grad_r_mag, grad_b_mag
+                grad_s = grad_pi_mag.mul_(xW).sum(0)                        # sum_b d / d pi_mag * xW
+        return grad_xW, grad_c_gate, grad_s, grad_c_mag

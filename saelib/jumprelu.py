@@ -90,7 +90,8 @@ class JumpReLUSAE(SAE):
         theta = self.threshold
         if self.adaptive and self.training:
             self._adapt_bandwidths(pi.detach(), theta.detach())
-        f, l0 = jumprelu_with_l0(pi, theta, self.bandwidths, self.kernel)   # eqs. 4, 6 with eqs. 11-12
+        f, l0 = jumprelu_with_l0(pi, theta, self.bandwidths, self.kernel,   # eqs. 4, 6 with eqs. 11-12
+                                 inplace=True)                              # (f overwrites pi)
         sparsity = l0 if self.penalty == "l0" else f.sum(-1).mean()         # (before the decoder, see ReLUSAE)
         x_hat = self.decode(f)
         reconstruction = (x_hat - x).pow(2).sum(-1).mean()

@@ -31,9 +31,13 @@ class JumpReLUWithL0(torch.autograd.Function):
     """(z, theta, eps) -> (f = JumpReLU_theta(z) [batch, d_sae], mean L0 per token (scalar))."""
 
     @staticmethod
-    def forward(ctx, z, theta, eps, kernel_name: str):
+    def forward(ctx, z, theta, eps, kernel_name: str, inplace: bool):
         u = z - theta                                        # [batch, d_sae]; H(z - theta) = H(u), exactly
-        f = keep_where_positive(z, u)                       # eq. 4: z * H(z - theta)
+        if inplace:                                          # eq. 4: z * H(z - theta), written over z
+            ctx.mark_dirty(z)
+            f = torch.ops.aten.threshold_backward.grad_input(z, u, 0, grad_input=z)
+        else:
+            f = keep_where_positive(z, u)                    # eq. 4: z * H(z - theta)
         l0 = torch.count_nonzero(u > 0).to(f.dtype) / z.shape[0]   # eq. 6, mean over the batch
         ctx.save_for_backward(u, theta, eps)                 # z itself is not needed again
         ctx.kernel_name = kernel_name
@@ -67,14 +71,18 @@ class JumpReLUWithL0(torch.autograd.Function):
                 grad_theta = torch.zeros(d_sae, dtype=u.dtype, device=u.device).index_add_(0, i, k * g)
             else:
                 grad_theta = (k * g).sum(0)                  # [d_sae]
-        return grad_z, grad_theta, None, None
+        return grad_z, grad_theta, None, None, None
 
 
 def jumprelu_with_l0(z: torch.Tensor, theta: torch.Tensor, eps: torch.Tensor | float,
-                     kernel: str = "rectangle") -> tuple[torch.Tensor, torch.Tensor]:
-    """f = JumpReLU_theta(z) and the batch-mean L0, both with the paper's pseudo-derivatives."""
+                     kernel: str = "rectangle", inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """f = JumpReLU_theta(z) and the batch-mean L0, both with the paper's pseudo-derivatives.
+
+    inplace=True writes f over z, which must be a temporary that nothing else uses (a freshly computed
+    pre-activation): one [batch, d_sae] tensor less per training step.
+    """
     eps = torch.as_tensor(eps, dtype=z.dtype, device=z.device)
-    return JumpReLUWithL0.apply(z, theta, eps, kernel)
+    return JumpReLUWithL0.apply(z, theta, eps, kernel, inplace)
 
 
 def jumprelu(z, theta, eps, kernel: str = "rectangle") -> torch.Tensor:
