@@ -69,7 +69,8 @@ def make_ours(arch, a, device, x):
     options = {"k": a.k, "aux_k": a.d_in // 2} if arch == "topk" else {}
     sae = create_sae(arch, a.d_in, a.d_sae, **options).to(device).train()
     params = [p for p in sae.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.0, 0.999), fused=device.type == "cuda")
+    fused = device.type == "cuda" if a.adam == "train_sae" else a.adam == "fused"
+    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.0, 0.999), fused=fused)
     lam = 1.0 if arch == "jumprelu" else 1e-2
 
     def step():
@@ -266,7 +267,7 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
 def print_rows(rows, a):
     mem = "CUDA max allocated" if a.device.startswith("cuda") else "RSS high-water"
     print(f"\nd_in={a.d_in} d_sae={a.d_sae} batch={a.batch} device={a.device} precision={a.precision} "
-          f"threads={a.threads} repeats={a.repeats} (medians; peak memory = {mem})")
+          f"threads={a.threads} repeats={a.repeats} adam={a.adam} (medians; peak memory = {mem})")
     head = (f"{'arch':9s} {'impl':20s} {'tokens/s':>9s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s} "
             f"{'peak MiB':>9s} {'step MiB':>9s}  notes")
     print(head)
@@ -298,6 +299,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
                    help="default: fp32 on CPU; fp32 and bf16 autocast on CUDA")
+    p.add_argument("--adam", default="train_sae", choices=("train_sae", "fused", "foreach"),
+                   help="our optimiser: as saelib.train.train_sae builds it (fused on CUDA, foreach on CPU), "
+                        "or force torch's fused / foreach Adam")
     p.add_argument("--vs", nargs="*", default=[], choices=PEERS + ("dl",),
                    help="also time these libraries' own training steps (installed in this interpreter)")
     a = p.parse_args(argv)
