@@ -62,14 +62,15 @@ def matmul_flops(batch: int, d_in: int, d_sae: int) -> float:
 
 # ----------------------------------------------------------------------------- steps to time
 
-def make_ours(arch, a, device, x):
-    """saelib's step, as in train_sae's hot loop (Adam as train_sae builds it: fused on CUDA)."""
+def make_ours(arch, a, device, x, adam="train_sae"):
+    """saelib's step, as in train_sae's hot loop (Adam as train_sae builds it: fused on CUDA, foreach on
+    CPU; adam="fused" forces torch's fused Adam, "ours+fused" in the table)."""
     from saelib import create_sae
 
     options = {"k": a.k, "aux_k": a.d_in // 2} if arch == "topk" else {}
     sae = create_sae(arch, a.d_in, a.d_sae, **options).to(device).train()
     params = [p for p in sae.parameters() if p.requires_grad]
-    fused = device.type == "cuda" if a.adam == "train_sae" else a.adam == "fused"
+    fused = device.type == "cuda" if adam == "train_sae" else adam == "fused"
     opt = torch.optim.Adam(params, lr=1e-4, betas=(0.0, 0.999), fused=fused)
     lam = 1.0 if arch == "jumprelu" else 1e-2
 
@@ -144,8 +145,8 @@ def make_matmul(arch, a, device, x):
     return step
 
 
-MAKERS = {"ours": make_ours, "saelens": make_saelens, "dictionary_learning": make_dictionary_learning,
-          "matmul": make_matmul}
+MAKERS = {"ours": make_ours, "ours+fused": lambda *args: make_ours(*args, adam="fused"),
+          "saelens": make_saelens, "dictionary_learning": make_dictionary_learning, "matmul": make_matmul}
 
 
 def peer_available(name: str) -> bool:
@@ -258,7 +259,7 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
         if arch == "topk":           # > 1: faster than a dense step could ever be at the matmul rate
             dense = step_flops("standard", a.batch, a.d_in, a.d_sae, a.k)
             row["vs_dense_floor"] = statistics.median(dense / m / ti for ti, m in zip(t, mm))
-        if impl != "ours":           # paired: ours is this many times faster than the peer
+        if impl in PEERS:            # paired: ours is this many times faster than the peer
             row["ours_speedup"] = statistics.median(tp / to for tp, to in zip(t, times["ours"]))
         rows.append(row)
     return rows
@@ -267,7 +268,7 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
 def print_rows(rows, a):
     mem = "CUDA max allocated" if a.device.startswith("cuda") else "RSS high-water"
     print(f"\nd_in={a.d_in} d_sae={a.d_sae} batch={a.batch} device={a.device} precision={a.precision} "
-          f"threads={a.threads} repeats={a.repeats} adam={a.adam} (medians; peak memory = {mem})")
+          f"threads={a.threads} repeats={a.repeats} (medians; peak memory = {mem})")
     head = (f"{'arch':9s} {'impl':20s} {'tokens/s':>9s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s} "
             f"{'peak MiB':>9s} {'step MiB':>9s}  notes")
     print(head)
@@ -299,9 +300,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
                    help="default: fp32 on CPU; fp32 and bf16 autocast on CUDA")
-    p.add_argument("--adam", default="train_sae", choices=("train_sae", "fused", "foreach"),
-                   help="our optimiser: as saelib.train.train_sae builds it (fused on CUDA, foreach on CPU), "
-                        "or force torch's fused / foreach Adam")
+    p.add_argument("--fused-adam", action="store_true",
+                   help="also time our step with torch's fused Adam (row ours+fused); train_sae uses it on CUDA only")
     p.add_argument("--vs", nargs="*", default=[], choices=PEERS + ("dl",),
                    help="also time these libraries' own training steps (installed in this interpreter)")
     a = p.parse_args(argv)
@@ -329,7 +329,8 @@ def main(argv=None):
         for arch in a.arch:
             for k in (a.k if arch == "topk" else a.k[:1]):
                 args = argparse.Namespace(**{**vars(a), "precision": precision, "k": k})
-                rows.extend(run_arch(arch, args, ["ours", *peers], ctx))
+                ours = ["ours", "ours+fused"] if a.fused_adam else ["ours"]
+                rows.extend(run_arch(arch, args, [*ours, *peers], ctx))
         print_rows(rows, argparse.Namespace(**{**vars(a), "precision": precision}))
         all_rows.extend(rows)
     return all_rows
