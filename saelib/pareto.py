@@ -9,6 +9,7 @@ Points outside the other frontier's L0 range are not compared (no extrapolation)
     y = interpolate_at(relu_rows, l0=20.0, y="delta_lm_loss")    # nan outside relu's L0 range
     pairs = compare_at_equal_l0(gated_rows, relu_rows, y="delta_lm_loss")
     # [{"l0": 18.2, "y": 0.031, "y_ref": 0.052, "difference": -0.021}, ...]  (difference = y - y_ref)
+    both = compare_frontiers(gated_rows, relu_rows, y="delta_lm_loss")   # also at relu's points in gated's range
 """
 from __future__ import annotations
 
@@ -45,3 +46,18 @@ def compare_at_equal_l0(rows: Sequence[Mapping], reference: Sequence[Mapping], y
         if not math.isnan(y_ref):
             out.append({x: float(r[x]), "y": float(r[y]), "y_ref": y_ref, "difference": float(r[y]) - y_ref})
     return out
+
+
+def compare_frontiers(rows: Sequence[Mapping], reference: Sequence[Mapping], y: str, x: str = "l0") -> list[dict]:
+    """compare_at_equal_l0 in both directions: at every trained point of either family that lies inside the
+    other's x range, both frontiers' y (the other one interpolated), sorted by x.
+
+    Each dict: x, "point_of" ("rows" or "reference": whose trained point it is), "y" (rows' frontier),
+    "y_ref" (the reference's), "difference" = y - y_ref (negative: rows below the reference).
+    Using both families' points matters when their ranges barely overlap (a single point of one may fall
+    inside the other's range while several of the other's fall inside its own).
+    """
+    out = [{**p, "point_of": "rows"} for p in compare_at_equal_l0(rows, reference, y, x)]
+    out += [{x: p[x], "y": p["y_ref"], "y_ref": p["y"], "difference": -p["difference"], "point_of": "reference"}
+            for p in compare_at_equal_l0(reference, rows, y, x)]
+    return sorted(out, key=lambda p: p[x])
