@@ -50,6 +50,9 @@ _SAE_LENS_NAMES = {
 }
 _GATED_UNTIED = {"W_enc": "W_gate", "b_gate": "b_gate", "W_mag": "W_mag", "b_mag": "b_mag",
                  "W_dec": "W_dec", "b_dec": "b_dec"}
+# saelib-only buffers kept beside the SAELens weights (SAELens ignores the extra file)
+BUFFERS_FILENAME = "saelib_buffers.safetensors"
+_SAELIB_BUFFERS = ("bandwidths", "tokens_since_fired")
 # SAELens metadata keys we write when given (SAELens keeps them under "metadata")
 METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos", "dataset_path")
 
@@ -238,6 +241,12 @@ def save_sae(sae: SAE, path: str | os.PathLike, scaling_factor: float | None = N
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_write(folder / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    stateful = {"bandwidths": getattr(sae, "adaptive", False),                 # else set by cfg
+                "tokens_since_fired": getattr(sae, "aux_k", None) is not None}     # used only by AuxK
+    buffers = {name: b.detach().contiguous().cpu().clone() for name, b in sae.named_buffers()
+               if stateful.get(name, False)}
+    if buffers:                     # training state SAELens has no slot for (e.g. adapted JumpReLU bandwidths)
+        _atomic_write(folder / BUFFERS_FILENAME, lambda tmp: save_file(buffers, tmp, metadata={"format": "pt"}))
     text = json.dumps(cfg, indent=2, allow_nan=False)
     _atomic_write(folder / CFG_FILENAME, lambda tmp: Path(tmp).write_text(text))
     return folder
@@ -279,4 +288,15 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", *, expected_d_in: int
     sae = sae_from_sae_lens_state(cfg, tensors, source=str(Path(path) / WEIGHTS_FILENAME),
                                   cfg_source=str(Path(path) / CFG_FILENAME), expected_d_in=expected_d_in,
                                   dtype=dtype)
+    buffers_file = Path(path) / BUFFERS_FILENAME
+    if buffers_file.is_file():
+        try:
+            buffers = load_file(buffers_file)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{buffers_file}: not a valid safetensors file ({e}); saelib never unpickles") from e
+        own = dict(sae.named_buffers())
+        for name, value in buffers.items():
+            if name not in _SAELIB_BUFFERS or name not in own or own[name].shape != value.shape:
+                raise ValueError(f"{buffers_file}: unexpected buffer {name!r} {tuple(value.shape)} for this SAE")
+            own[name].copy_(value.to(own[name].dtype))
     return sae.to(device)

@@ -213,3 +213,16 @@ def test_threshold_zero_round_trips(tmp_path):
     assert torch.equal(back.threshold, sae.threshold)
     x = inputs()
     assert torch.equal(back(x), sae(x))
+
+
+def test_adapted_jumprelu_bandwidths_survive_save_and_load(tmp_path):
+    from saelib import JumpReLUSAE
+    from saelib.io import load_sae, save_sae
+
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(8, 32, bandwidth="adaptive")
+    for _ in range(5):
+        sae.loss(torch.randn(256, 8), 0.1)            # adapts the per-feature bandwidths
+    assert not torch.allclose(sae.bandwidths, torch.full((32,), 1e-3))
+    loaded = load_sae(save_sae(sae, tmp_path / "sae"))
+    assert torch.equal(loaded.bandwidths, sae.bandwidths)
