@@ -64,7 +64,9 @@ def test_saved_sae_reloads_to_identical_outputs(tmp_path, name):
 def test_sae_lens_layout_and_names(tmp_path, name, expected):
     sae = make_sae(name)
     save_sae(sae, tmp_path, model_name="tiny", hook_name="blocks.1.hook_resid_post", metadata={"context_size": 64})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CFG_FILENAME, WEIGHTS_FILENAME]  # no temp files left
+    files = sorted(p.name for p in tmp_path.iterdir())                                 # no temp files left
+    stateful = getattr(sae, "aux_k", None) is not None or getattr(sae, "adaptive", False)
+    assert files == sorted([CFG_FILENAME, WEIGHTS_FILENAME] + (["saelib_buffers.safetensors"] if stateful else []))
     with safe_open(tmp_path / WEIGHTS_FILENAME, "pt") as f:
         assert set(f.keys()) == expected
         assert f.get_tensor("W_enc").shape == (D_IN, D_SAE)
