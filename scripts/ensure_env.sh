@@ -9,12 +9,13 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[env] creating virtual environment in $venv"
   "$python_bin" -m venv "$venv"
 fi
+extras="${SAELIB_EXTRAS:-dev}"          # e.g. SAELIB_EXTRAS=dev,bench adds sae-lens for the interop tests
 stamp="$venv/.saelib-installed"
-want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[env] installing saelib[dev] (torch==2.13.0 CPU build) into $venv"
+  echo "[env] installing saelib[$extras] (torch==2.13.0 CPU build) into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$root[dev]"
+  "$venv/bin/python" -m pip install -q -e "$root[$extras]" "torch==2.13.0"
   "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$want" > "$stamp"
 fi
