@@ -355,7 +355,8 @@ class ActivationCache:
     """
 
     def __init__(self, path: str | Path, batch_size: int = 4096, *, normalization: str = "unit_mean_squared_norm",
-                 scale: float | None = None, n_scale: int = 2 ** 16, seed: int = 0):
+                 scale: float | None = None, n_scale: int = 2 ** 16, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         path = Path(path)
         if not (path / "meta.json").exists():
             raise ValueError(f"path={str(path)!r} holds no complete activation cache (no meta.json); "
@@ -363,6 +364,12 @@ class ActivationCache:
         check_positive("batch_size", batch_size, integer=True)
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_positive("n_scale", n_scale, integer=True)
+        check_positive("world_size", world_size, integer=True)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank!r} is out of range; allowed: an integer in [0, world_size={world_size})")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
         self.path, self.batch_size = path, batch_size
         self.meta = json.loads((path / "meta.json").read_text())
         self.hook_name, self.d_in, self.dtype = self.meta["hook_name"], self.meta["d_in"], self.meta["dtype"]
@@ -391,11 +398,15 @@ class ActivationCache:
         return t * self.scale if scaled else t
 
     def next_batch(self) -> torch.Tensor:
-        """[batch_size, d_in] float32, scaled."""
+        """[batch_size / world_size, d_in] float32, scaled: this rank's share of the global batch.
+
+        Every rank draws the same global permutation (same seed) and keeps rows rank, rank + world_size, ...
+        of each global batch, so under torchrun the ranks' batches together are the single-process batch.
+        """
         if self.served + self.batch_size > len(self):               # new epoch, new order
             self.perm = torch.randperm(len(self), generator=self.generator)
             self.served, self.epoch = 0, self.epoch + 1
-        idx = self.perm[self.served:self.served + self.batch_size].sort().values.numpy()
+        idx = self.perm[self.served:self.served + self.batch_size][self.rank::self.world_size].sort().values.numpy()
         self.served += self.batch_size
         return self._to_tensor(self.array[idx]) * self.scale
 

@@ -270,3 +270,18 @@ def test_embedded_model_defaults_drop_its_bos_and_padding():
                                                            buffer_size=128, progress=False))
     assert set(buffer.exclude_token_ids) == {tok.bos_id, tok.pad_id}
     assert buffer.next_batch().shape == (32, embedded.cfg.d_model)
+
+
+def test_cache_shards_each_global_batch_across_ranks(model, tokens, tmp_path):
+    path = cache_activations(model, "blocks.1.hook_resid_post", tokens, 1000, tmp_path, exclude_token_ids=EXCLUDE,
+                             progress=False)
+    single = ActivationCache(path, batch_size=64, seed=3)
+    ranks = [ActivationCache(path, batch_size=64, seed=3, rank=r, world_size=2) for r in range(2)]
+    for _ in range(20):                                    # crosses an epoch boundary (1000 / 64)
+        whole = single.next_batch()
+        parts = [c.next_batch() for c in ranks]
+        assert all(p.shape == (32, whole.shape[1]) for p in parts)
+        key = lambda t: sorted(map(tuple, t.tolist()))
+        assert key(torch.cat(parts)) == key(whole)
+    with pytest.raises(ValueError, match="rank"):
+        ActivationCache(path, batch_size=64, rank=2, world_size=2)
