@@ -83,8 +83,8 @@ class TopKSAE(SAE):
         with torch.no_grad():                      # the dense product only chooses; gradients flow sparsely
             pi = centred_matmul(x, self.W_enc, self.b_enc, self.b_dec)              # [batch, d_sae]
             indices = pi.topk(self.k, dim=-1, sorted=False).indices                 # [batch, k]
-        values = torch.relu(self._select(pi, indices, x))                          # f at its k latents
-        x_hat = self.decode_sparse(values, indices)
+        values = torch.relu(self._select(pi, indices, x))      # f = ReLU(TopK_k(pi)) at its k latents [batch, k]
+        x_hat = self.decode_sparse(values, indices)            # x_hat = f W_dec + b_dec           [batch, d_in]
         reconstruction = (x_hat - x).pow(2).sum(-1).mean()
         zero = torch.zeros((), device=x.device, dtype=x_hat.dtype)
         aux = zero
@@ -125,8 +125,9 @@ class TopKSAE(SAE):
 
     @torch.no_grad()
     def _update_dead_stats(self, values: torch.Tensor, indices: torch.Tensor) -> None:
-        fired = torch.zeros(self.d_sae, dtype=torch.float32, device=values.device).index_add_(           # firings per latent
-            0, indices.flatten(), (values > 0).flatten().to(torch.float32)) > 0
+        firings = torch.zeros(self.d_sae, dtype=torch.float32, device=values.device).index_add_(
+            0, indices.flatten(), (values > 0).flatten().to(torch.float32))          # [d_sae], no host sync
+        fired = firings > 0
         bound = getattr(self, "_bound_of", None) == (self.tokens_since_fired.data_ptr(),
                                                      self.tokens_since_fired._version)
         self.tokens_since_fired.add_(values.shape[0]).masked_fill_(fired, 0)
