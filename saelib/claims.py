@@ -85,7 +85,28 @@ def assemble(scale: str) -> Path:
     return out
 
 
+README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def update_readme(readme: str | Path, scale: str) -> bool:
+    """Replace the block between README_START and README_END in `readme` with the claims table.
+    Returns False (and changes nothing) when the markers are absent."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    table = markdown_table(load_claims(scale))
+    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    return True
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="default")
-    print(assemble(parser.parse_args().scale))
+    parser.add_argument("--readme", default=None, help="also refresh the claims block of this README")
+    args = parser.parse_args()
+    print(assemble(args.scale))
+    if args.readme:
+        update_readme(args.readme, args.scale)

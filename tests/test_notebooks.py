@@ -76,3 +76,24 @@ def test_unknown_kernel_stops_at_validation(tmp_path, monkeypatch):
 def test_negative_coefficient_stops_at_validation(tmp_path, monkeypatch):
     message = _error_of(_notebook("03"), tmp_path, monkeypatch, scale="smoke", sparsity_coeffs=[0.1, -1.0])
     assert "sparsity_coeffs" in message
+
+
+def test_figures_readme_lists_exactly_the_committed_figures():
+    import re
+
+    figures = Path(__file__).resolve().parent.parent / "figures"
+    listed = set(re.findall(r"`(\d\d_[a-z0-9_]+)`", (figures / "README.md").read_text()))
+    committed = {p.stem for p in figures.glob("[0-9][0-9]_*.png")}
+    assert listed == committed
+
+
+def test_claims_readme_block_is_refreshed(tmp_path, monkeypatch):
+    from saelib.claims import README_END, README_START, Claims, update_readme
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
+    Claims("99_test", "smoke").add("a claim", "a source", "1", "2", holds=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nstale table\n{README_END}\nend\n")
+    assert update_readme(readme, "smoke")
+    text = readme.read_text()
+    assert "stale table" not in text and "| 99_test | a claim |" in text and "**no**" in text and text.endswith("end\n")
