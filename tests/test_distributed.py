@@ -29,6 +29,11 @@ def test_helpers_fall_back_to_a_single_process():
     assert unwrap(m) is m
 
 
+# one xdist worker runs this whole module, so the torchrun fixture starts once (two concurrent
+# torchrun jobs on one machine can fail to rendezvous)
+pytestmark = pytest.mark.xdist_group("torchrun")
+
+
 @pytest.fixture(scope="module")
 def torchrun_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
