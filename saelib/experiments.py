@@ -114,7 +114,7 @@ class LMSite(Site):
                  normalization: str = "unit_mean_squared_norm", device: str = "cpu", model=None,
                  lm_eval_tokens: int | None = None, progress: bool = True):
         from .activations import ActivationCache, cache_activations, hook_d_in
-        from .registry import load_model, load_text_dataset, model_tokenize
+        from .registry import load_model
 
         self.model_name, self.hook, self.scale, self.seed = model_name, hook, scale, seed
         self.normalization, self.device = normalization, device
@@ -131,7 +131,7 @@ class LMSite(Site):
         for split, n_tokens in (("train", scale.train_tokens), ("heldout", scale.eval_tokens)):
             path = root / f"{split}_{n_tokens}"
             if not (path / "meta.json").exists():
-                tokens = self._tokens(load_text_dataset, model_tokenize, split, rows_needed[split], ctx)
+                tokens = self._tokens(split, rows_needed[split], ctx)
                 cache_activations(self.model, hook, tokens, n_tokens, path, progress=progress)
             paths[split] = path
         self._train_path = paths["train"]
@@ -140,9 +140,13 @@ class LMSite(Site):
         held = ActivationCache(paths["heldout"], batch_size=1, normalization=normalization, scale=self.scale_factor)
         self.eval_acts = held.tensor()                                           # [eval_tokens, d_in]
         n_rows = max(1, (lm_eval_tokens or scale.eval_tokens) // ctx)
-        self.lm_tokens = self._tokens(load_text_dataset, model_tokenize, "heldout", n_rows, ctx)[:n_rows]
+        self.lm_tokens = self._tokens("heldout", n_rows, ctx)[:n_rows]
 
-    def _tokens(self, load_text_dataset, model_tokenize, split: str, n_rows: int, ctx: int) -> torch.Tensor:
+    def _tokens(self, split: str, n_rows: int, ctx: int) -> torch.Tensor:
+        """n_rows packed rows [n_rows, ctx] of the model's text for `split`, generating/streaming documents
+        until there are enough."""
+        from .registry import load_text_dataset, model_tokenize
+
         n_docs = 64
         while True:                                              # grow until the packed rows suffice
             tokens = model_tokenize(self.model, load_text_dataset(self.model_name, split, n_docs=n_docs), ctx)
