@@ -29,12 +29,12 @@ def test_helpers_fall_back_to_a_single_process():
     assert unwrap(m) is m
 
 
-# one xdist worker runs this whole module, so the torchrun fixture starts once (two concurrent
-# torchrun jobs on one machine can fail to rendezvous)
+# one xdist worker runs this whole module, and the fixture is session-scoped, so torchrun starts once
+# (a module-scoped fixture is set up again whenever xdist interleaves another module's tests)
 pytestmark = pytest.mark.xdist_group("torchrun")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def torchrun_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
