@@ -81,7 +81,7 @@ def make_ours(arch, a, device, x, adam="train_sae"):
         opt.step()
         sae.after_optimizer_step()
         opt.zero_grad(set_to_none=True)
-    return step
+    return step, sae
 
 
 def make_saelens(arch, a, device, x):
@@ -109,7 +109,7 @@ def make_saelens(arch, a, device, x):
     def step():
         trainer.step(x)
         trainer.n_training_steps += 1
-    return step
+    return step, sae
 
 
 def make_dictionary_learning(arch, a, device, x):
@@ -130,7 +130,7 @@ def make_dictionary_learning(arch, a, device, x):
     def step():
         with autocast:
             trainer.update(next(counter), x)
-    return step
+    return step, trainer.ae
 
 
 def make_matmul(arch, a, device, x):
@@ -142,7 +142,54 @@ def make_matmul(arch, a, device, x):
 
     def step():
         lhs @ rhs
-    return step
+    return step, None
+
+
+# ----------------------------------------------------------------------------- a trained-like sparsity
+
+def firing_handles(impl, arch, model):
+    """(pre(x): the pre-activations that decide firing [batch, d_sae], cut(): the firing threshold,
+    shift(q): move the bias or threshold so that pi > cut becomes pi > q) for each implementation."""
+    P = lambda name: getattr(model, name)
+    if arch == "topk" or model is None:
+        return None
+    if impl.startswith("ours"):
+        if arch == "gated":
+            return (lambda x: model.pre_activations(x)[0], lambda: 0.0, lambda q: P("b_gate").sub_(q))
+        if arch == "jumprelu":
+            return (model.pre_activations, lambda: model.threshold,
+                    lambda q: P("log_threshold").copy_(q.clamp_min(1e-4).log()))
+        return (model.pre_activations, lambda: 0.0, lambda q: P("b_enc").sub_(q))
+    if impl == "saelens":                   # b_dec is zero at init and not subtracted elsewhere
+        bias = "b_gate" if arch == "gated" else "b_enc"
+        pre = lambda x: (x - model.b_dec) @ model.W_enc + P(bias)
+        if arch == "jumprelu":
+            return pre, lambda: model.threshold, lambda q: P("threshold").copy_(q.clamp_min(1e-4))
+        return pre, lambda: 0.0, lambda q: P(bias).sub_(q)
+    if arch == "jumprelu":                  # dictionary_learning
+        return (lambda x: x @ model.W_enc + model.b_enc, lambda: model.threshold,
+                lambda q: P("threshold").copy_(q.clamp_min(1e-4)))
+    if arch == "gated":
+        return (lambda x: model.encoder(x - model.decoder_bias) + model.gate_bias, lambda: 0.0,
+                lambda q: P("gate_bias").sub_(q))
+    return (lambda x: model.encoder(x - model.bias), lambda: 0.0, lambda q: model.encoder.bias.sub_(q))
+
+
+@torch.no_grad()
+def set_l0(handles, x, l0: float) -> None:
+    """Each latent fires on l0 / d_sae of the batch: its threshold moves to that quantile of its
+    pre-activations (a trained SAE's sparsity, from a random initialisation)."""
+    pre, _, shift = handles
+    pi = pre(x)                                                     # [batch, d_sae]
+    batch, d_sae = pi.shape
+    keep = min(batch - 1, max(1, round(batch * l0 / d_sae)))
+    shift(pi.kthvalue(batch - keep, dim=0).values)
+
+
+@torch.no_grad()
+def measured_l0(handles, x) -> float:
+    pre, cut, _ = handles
+    return float((pre(x) > cut()).sum(-1).float().mean())
 
 
 MAKERS = {"ours": make_ours, "ours+fused": lambda *args: make_ours(*args, adam="fused"),
@@ -174,7 +221,10 @@ def worker(conn, impl, arch, a):
         g = torch.Generator().manual_seed(0)
         x = (torch.randn(a.batch, a.d_in, generator=g) / a.d_in ** 0.5).to(device)   # E||x||^2 = 1
         base = _peak_bytes(device)
-        step = MAKERS[impl](arch, a, device, x)
+        step, model = MAKERS[impl](arch, a, device, x)
+        handles = firing_handles(impl, arch, model)
+        if a.l0 is not None and handles is not None:
+            set_l0(handles, x, a.l0)
         conn.send(("ready", None))
         while True:
             cmd, n = conn.recv()
@@ -182,6 +232,9 @@ def worker(conn, impl, arch, a):
                 return
             if cmd == "memory":
                 conn.send(("memory", (base, _peak_bytes(device))))
+                continue
+            if cmd == "l0":
+                conn.send(("l0", None if handles is None else measured_l0(handles, x)))
                 continue
             times = []
             for _ in range(n):
@@ -220,6 +273,10 @@ class Worker:
         self.conn.send(("memory", None))
         return self._expect("memory")
 
+    def l0(self):
+        self.conn.send(("l0", None))
+        return self._expect("l0")
+
     def stop(self):
         self.conn.send(("stop", None))
         self.proc.join(timeout=30)
@@ -241,6 +298,7 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
             for impl in rotated:
                 times[impl].extend(workers[impl].steps(1))
         memory = {impl: w.memory() for impl, w in workers.items()}
+        l0s = {impl: w.l0() for impl, w in workers.items()}
     finally:
         for w in workers.values():
             w.stop()
@@ -255,7 +313,8 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
                "gflops": flops / statistics.median(t) / 1e9,
                "of_matmul": statistics.median(flops / ti / m for ti, m in zip(t, mm)),
                "matmul_gflops": statistics.median(mm) / 1e9,
-               "peak_mb": memory[impl][1] / 2**20, "step_mb": (memory[impl][1] - memory[impl][0]) / 2**20}
+               "peak_mb": memory[impl][1] / 2**20, "step_mb": (memory[impl][1] - memory[impl][0]) / 2**20,
+               "l0_after": l0s[impl]}
         if arch == "topk":           # > 1: faster than a dense step could ever be at the matmul rate
             dense = step_flops("standard", a.batch, a.d_in, a.d_sae, a.k)
             row["vs_dense_floor"] = statistics.median(dense / m / ti for ti, m in zip(t, mm))
@@ -267,8 +326,10 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
 
 def print_rows(rows, a):
     mem = "CUDA max allocated" if a.device.startswith("cuda") else "RSS high-water"
+    state = "random init" if a.l0 is None else f"thresholds set for L0 {a.l0:g}"
     print(f"\nd_in={a.d_in} d_sae={a.d_sae} batch={a.batch} device={a.device} precision={a.precision} "
-          f"threads={a.threads} repeats={a.repeats} (medians; peak memory = {mem})")
+          f"threads={a.threads} repeats={a.repeats} state={state} (medians; peak memory = {mem}; L0 "
+          "measured after the timed steps)")
     head = (f"{'arch':9s} {'impl':20s} {'tokens/s':>9s} {'ms/step':>8s} {'GFLOP/s':>8s} {'of matmul':>9s} "
             f"{'peak MiB':>9s} {'step MiB':>9s}  notes")
     print(head)
@@ -277,6 +338,8 @@ def print_rows(rows, a):
         notes = []
         if r["k"] is not None:
             notes.append(f"k={r['k']}, {r['vs_dense_floor']:.2f}x the dense floor")
+        if r["l0_after"] is not None:
+            notes.append(f"L0 {r['l0_after']:.0f}")
         if "ours_speedup" in r:
             notes.append(f"ours is {r['ours_speedup']:.2f}x faster")
         print(f"{r['arch']:9s} {r['impl']:20s} {r['tokens_s']:9.0f} {r['ms']:8.1f} {r['gflops']:8.1f} "
@@ -294,6 +357,10 @@ def parse_args(argv=None):
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, nargs="+", default=[32], help="TopK k (several: one row each)")
+    p.add_argument("--l0", type=float, default=None,
+                   help="set every implementation's biases/thresholds so that about this many latents fire "
+                        "per token (a trained SAE's state); default: the random initialisation (about half "
+                        "fire: the dense worst case). Not used for TopK (k sets it)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per implementation")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every worker")

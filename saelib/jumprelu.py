@@ -18,6 +18,7 @@ inputs scaled to unit mean squared norm. Options:
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,7 +27,8 @@ from torch import nn
 from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
                    random_directions)
 from .kernels import KERNEL_SUPPORT, KERNELS
-from .ste import jumprelu_with_l0
+from .sparse import SPARSE_MAX_DENSITY, densify, select_pre_activations, sparse_decode, support_above
+from .ste import jumprelu_with_l0, window_half_width
 
 PENALTIES = ("l0", "l1")
 
@@ -65,6 +67,9 @@ class JumpReLUSAE(SAE):
         # per-feature bandwidths: constant unless bandwidth="adaptive" (then updated in loss())
         start = 1e-3 if self.adaptive else self.bandwidth
         self.register_buffer("bandwidths", torch.full((d_sae,), start))
+        # a speed setting, not part of the model: take the sparse training step when at most this fraction
+        # of the batch x d_sae pre-activations can matter (CPU, compact kernels); 0 = always dense
+        self.sparse_max_density = SPARSE_MAX_DENSITY
 
     @property
     def threshold(self) -> torch.Tensor:                                    # theta [d_sae]
@@ -90,10 +95,25 @@ class JumpReLUSAE(SAE):
         theta = self.threshold
         if self.adaptive and self.training:
             self._adapt_bandwidths(pi.detach(), theta.detach())
-        f, l0 = jumprelu_with_l0(pi, theta, self.bandwidths, self.kernel,   # eqs. 4, 6 with eqs. 11-12
-                                 inplace=True)                              # (f overwrites pi)
-        sparsity = l0 if self.penalty == "l0" else f.sum(-1).mean()         # (before the decoder, see ReLUSAE)
-        x_hat = self.decode(f)
+        # a sparse step when few pre-activations reach the kernel window's lower edge (saelib/sparse.py)
+        sparse_ok = torch.is_grad_enabled() and math.isfinite(KERNEL_SUPPORT[self.kernel])
+        support = support_above(pi, theta - window_half_width(self.kernel, self.bandwidths),
+                                self.sparse_max_density if sparse_ok else 0.0)
+        if support is None:
+            f, l0 = jumprelu_with_l0(pi, theta, self.bandwidths, self.kernel,   # eqs. 4, 6 with eqs. 11-12
+                                     inplace=True)                              # (f overwrites pi)
+            l1 = f.sum() if self.penalty == "l1" else None                      # (before the decoder, see
+            x_hat = self.decode(f)                                              #  ReLUSAE)
+        else:                               # the same equations on the support only, as one [1, nnz] row
+            z = select_pre_activations(pi, support, x, self.W_enc, self.b_enc, self.b_dec)        # [nnz]
+            f, l0 = jumprelu_with_l0(z[None], theta.index_select(0, support.cols),   # (index_select:
+                                     self.bandwidths[support.cols],                 #  a deterministic
+                                     self.kernel, batch=x.shape[0])                 #  backward) eqs. 4, 6
+            f = f[0]                                                                          # [nnz]
+            l1 = f.sum() if self.penalty == "l1" else None
+            x_hat = sparse_decode(f, support, self.W_dec) + self.b_dec
+            f = functools.partial(densify, f, support, self.d_sae)           # [batch, d_sae], if read
+        sparsity = l0 if self.penalty == "l0" else l1 / x.shape[0]
         reconstruction = (x_hat - x).pow(2).sum(-1).mean()
         loss = reconstruction + sparsity_coeff * sparsity
         zero = torch.zeros((), device=x.device, dtype=x.dtype)

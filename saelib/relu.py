@@ -16,11 +16,14 @@ Both initialise W_enc = W_dec^T (at init only) and zero biases.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
                    random_directions)
+from .sparse import SPARSE_MAX_DENSITY, densify, select_pre_activations, sparse_decode, support_above
 
 VARIANTS = ("standard", "april_update")
 
@@ -46,6 +49,9 @@ class ReLUSAE(SAE):
         self.W_enc = nn.Parameter(W_dec.T.clone())                          # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # a speed setting, not part of the model: take the sparse training step when at most this fraction
+        # of the batch x d_sae features fire (CPU); 0 = always dense
+        self.sparse_max_density = SPARSE_MAX_DENSITY
 
     @property
     def wants_resampling(self) -> bool:
@@ -64,16 +70,28 @@ class ReLUSAE(SAE):
 
     def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
         check_sparsity_coeff(sparsity_coeff)
-        f = self.encode(x)                                             # [batch, d_sae]
+        pi = self.pre_activations(x)                                   # [batch, d_sae]
+        # a sparse step when few features fire (saelib/sparse.py); the dense step is the reference
+        support = support_above(pi, 0.0, self.sparse_max_density if torch.is_grad_enabled() else 0.0)
+        if support is None:
+            f = pi.relu_()                                             # eq. 1 (in place: pi is not kept)
+            f_sum = f.sum(0)                                           # [d_sae]
+            decode = self.decode
+        else:                                   # f at the firing features only: there ReLU(pi) = pi
+            f = select_pre_activations(pi, support, x, self.W_enc, self.b_enc, self.b_dec)   # [nnz], eq. 1
+            f_sum = torch.zeros_like(self.b_enc).index_add(0, support.cols, f)             # [d_sae]
+            decode = lambda f: sparse_decode(f, support, self.W_dec) + self.b_dec          # eq. 2
         # (the penalty before the decoder: autograd then adds its gradient in place into the decoder's)
         if self.variant == "april_update":
             # batch mean of sum_i f_i ||W_dec[i]||, written (sum_b f_b) . ||W_dec|| / batch so that its
             # gradient in f is a broadcast row rather than a [batch, d_sae] outer product
-            sparsity = f.sum(0) @ self.decoder_norms() / x.shape[0]
+            sparsity = f_sum @ self.decoder_norms() / x.shape[0]
         else:
-            sparsity = f.sum(-1).mean()                                # ||f||_1 (f >= 0)
-        x_hat = self.decode(f)                                         # [batch, d_in]
+            sparsity = f_sum.sum() / x.shape[0]                        # ||f||_1 (f >= 0), eq. 4
+        x_hat = decode(f)                                              # [batch, d_in], eq. 2
         reconstruction = (x_hat - x).pow(2).sum(-1).mean()
         loss = reconstruction + sparsity_coeff * sparsity
         zero = torch.zeros((), device=x.device, dtype=x.dtype)
+        if support is not None:
+            f = functools.partial(densify, f, support, self.d_sae)    # [batch, d_sae], built if read
         return LossOutput(loss, reconstruction, sparsity, zero, f, x_hat)

@@ -31,14 +31,15 @@ class JumpReLUWithL0(torch.autograd.Function):
     """(z, theta, eps) -> (f = JumpReLU_theta(z) [batch, d_sae], mean L0 per token (scalar))."""
 
     @staticmethod
-    def forward(ctx, z, theta, eps, kernel_name: str, inplace: bool):
+    def forward(ctx, z, theta, eps, kernel_name: str, inplace: bool, batch: int | None):
         u = z - theta                                        # [batch, d_sae]; H(z - theta) = H(u), exactly
         if inplace:                                          # eq. 4: z * H(z - theta), written over z
             ctx.mark_dirty(z)
             f = torch.ops.aten.threshold_backward.grad_input(z, u, 0, grad_input=z)
         else:
             f = keep_where_positive(z, u)                    # eq. 4: z * H(z - theta)
-        l0 = torch.count_nonzero(u > 0).to(f.dtype) / z.shape[0]   # eq. 6, mean over the batch
+        ctx.batch = z.shape[0] if batch is None else batch
+        l0 = torch.count_nonzero(u > 0).to(f.dtype) / ctx.batch   # eq. 6, mean over the batch
         ctx.save_for_backward(u, theta, eps)                 # z itself is not needed again
         ctx.kernel_name = kernel_name
         return f, l0
@@ -50,12 +51,12 @@ class JumpReLUWithL0(torch.autograd.Function):
         if grad_f is not None and ctx.needs_input_grad[0]:
             grad_z = keep_where_positive(grad_f, u)         # d/dz JumpReLU := H(z - theta)
         if ctx.needs_input_grad[1]:
-            batch, d_sae = u.shape
+            batch, d_sae = ctx.batch, u.shape[1]
             theta, eps = theta.expand(d_sae), eps.expand(d_sae)                  # [d_sae]
             support = KERNEL_SUPPORT[ctx.kernel_name]
             if u.device.type == "cpu" and math.isfinite(support):
                 # the pre-activations inside the kernel's window (a hair wider: K itself decides the edge)
-                half = 1.001 * support * eps
+                half = window_half_width(ctx.kernel_name, eps)
                 b, i = ((u > -half) & (u < half)).nonzero(as_tuple=True)
                 u, theta, eps = u[b, i], theta[i], eps[i]                        # [n_window]
                 if grad_f is not None:
@@ -71,18 +72,27 @@ class JumpReLUWithL0(torch.autograd.Function):
                 grad_theta = torch.zeros(d_sae, dtype=u.dtype, device=u.device).index_add_(0, i, k * g)
             else:
                 grad_theta = (k * g).sum(0)                  # [d_sae]
-        return grad_z, grad_theta, None, None, None
+        return grad_z, grad_theta, None, None, None, None
+
+
+def window_half_width(kernel: str, eps: torch.Tensor) -> torch.Tensor:
+    """How far from the threshold K((z - theta) / eps) can be non-zero: support * eps, a hair wider (the
+    kernel itself decides the edge). Infinite for the Gaussian kernels."""
+    return 1.001 * KERNEL_SUPPORT[kernel] * eps
 
 
 def jumprelu_with_l0(z: torch.Tensor, theta: torch.Tensor, eps: torch.Tensor | float,
-                     kernel: str = "rectangle", inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     kernel: str = "rectangle", inplace: bool = False,
+                     batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """f = JumpReLU_theta(z) and the batch-mean L0, both with the paper's pseudo-derivatives.
 
     inplace=True writes f over z, which must be a temporary that nothing else uses (a freshly computed
     pre-activation): one [batch, d_sae] tensor less per training step.
+    batch: the number of tokens the L0 is averaged over, if not z.shape[0] (a sparse step passes the
+    selected pre-activations as one [1, nnz] row, with theta and eps gathered to match).
     """
     eps = torch.as_tensor(eps, dtype=z.dtype, device=z.device)
-    return JumpReLUWithL0.apply(z, theta, eps, kernel, inplace)
+    return JumpReLUWithL0.apply(z, theta, eps, kernel, inplace, batch)
 
 
 def jumprelu(z, theta, eps, kernel: str = "rectangle") -> torch.Tensor:

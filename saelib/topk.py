@@ -10,17 +10,17 @@ residual e = x - x_hat with their own top-aux_k pre-activations, ||e - e_hat||^2
 
 Training touches only the B*k selected latents after the one dense product that chooses them:
 decoding is sparse, x_hat = sum over the k active latents of f_i W_dec[i] (an embedding bag), and so is
-the encoder's gradient (SelectedPreActivations): about 2 B d_in d_sae + 8 B k d_in FLOPs per step instead
+the encoder's gradient (saelib/sparse.py): about 2 B d_in d_sae + 8 B k d_in FLOPs per step instead
 of 10 B d_in d_sae for a dense step.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
                    random_directions)
+from .sparse import select_pre_activations, sparse_decode, support_of_topk
 
 
 class TopKSAE(SAE):
@@ -70,7 +70,7 @@ class TopKSAE(SAE):
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """sum_j values[:, j] * W_dec[indices[:, j]]  (+ b_dec)  -> [batch, d_in]"""
-        return SparseDecode.apply(values.to(self.W_dec.dtype), indices, self.W_dec) + self.b_dec
+        return sparse_decode(values.flatten(), support_of_topk(indices), self.W_dec) + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         _, values, indices = self.topk(x)
@@ -97,7 +97,9 @@ class TopKSAE(SAE):
         return LossOutput(reconstruction + aux, reconstruction, zero, aux, f, x_hat)
 
     def _select(self, pi: torch.Tensor, indices: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return SelectedPreActivations.apply(pi, indices, x, self.W_enc, self.b_enc, self.b_dec)
+        """pi at the chosen latents [batch, k], with a sparse backward into the encoder (saelib/sparse.py)."""
+        support = support_of_topk(indices)
+        return select_pre_activations(pi, support, x, self.W_enc, self.b_enc, self.b_dec).view(indices.shape)
 
     def _auxk_loss(self, pi: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """||e - e_hat||^2: the top-aux_k dead latents (by pre-activation) reconstruct the residual e."""
@@ -105,7 +107,7 @@ class TopKSAE(SAE):
         top = pi[:, dead].topk(min(self.aux_k, len(dead)), dim=-1, sorted=False).indices
         indices = dead[top]                                                         # [batch, <= aux_k]
         values = torch.relu(self._select(pi, indices, x)).to(self.W_dec.dtype)
-        residual_hat = SparseDecode.apply(values, indices, self.W_dec)              # no b_dec: e has none
+        residual_hat = sparse_decode(values.flatten(), support_of_topk(indices), self.W_dec)   # no b_dec
         return (residual_hat - residual).pow(2).sum(-1).mean()
 
     def _any_dead(self) -> bool:
@@ -134,76 +136,3 @@ class TopKSAE(SAE):
         if bound:                                   # keep the upper bound (see _any_dead) in step, sync-free
             self._bound += values.shape[0]
             self._bound_of = (self.tokens_since_fired.data_ptr(), self.tokens_since_fired._version)
-
-
-class SelectedPreActivations(torch.autograd.Function):
-    """pi[b, indices[b, j]]  [batch, k]  of pi = (x - b_dec) W_enc + b_enc, computed without a graph.
-
-    Only these B*k entries of d loss / d pi are non-zero, so the backward is sparse. With g [batch, k]
-    the incoming gradient and G the [batch, d_sae] matrix holding g[b, j] at (b, indices[b, j]):
-        d loss / d W_enc = (x - b_dec)^T G          (a sparse [d_sae, batch] @ [batch, d_in] product)
-        d loss / d b_enc = column sums of G
-        d loss / d b_dec = -W_enc (d loss / d b_enc)
-        d loss / d x     = G W_enc^T                (only if x requires a gradient)
-    about 2 B k d_in FLOPs instead of the dense 2 B d_in d_sae (and as many again for the input gradient).
-    """
-
-    @staticmethod
-    def forward(ctx, pi, indices, x, W_enc, b_enc, b_dec):
-        ctx.save_for_backward(indices, x, W_enc, b_dec)
-        return pi.gather(-1, indices)
-
-    @staticmethod
-    def backward(ctx, grad):                                                # grad [batch, k]
-        indices, x, W_enc, b_dec = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
-        grad = grad.to(W_enc.dtype)
-        grad_W_enc = sparse_t_matmul(indices, grad, (x - b_dec).to(W_enc.dtype), d_sae).T   # [d_in, d_sae]
-        latent = indices.flatten()                                          # [batch * k]
-        grad_b_enc = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, latent, grad.flatten())
-        grad_b_dec = -(W_enc @ grad_b_enc)
-        grad_x = None
-        if ctx.needs_input_grad[2]:
-            grad_x = F.embedding_bag(indices, W_enc.T, per_sample_weights=grad, mode="sum").to(x.dtype)
-        return None, None, grad_x, grad_W_enc, grad_b_enc, grad_b_dec
-
-
-class SparseDecode(torch.autograd.Function):
-    """sum_j values[b, j] W_dec[indices[b, j]]  [batch, d_in]: an embedding bag, with a sparse backward.
-
-    With g [batch, d_in] the incoming gradient and V the [batch, d_sae] matrix holding values[b, j] at
-    (b, indices[b, j]):
-        d loss / d W_dec          = V^T g                          (a sparse product, sparse_t_matmul)
-        d loss / d values[b, j]   = g[b] . W_dec[indices[b, j]]    (the embedding bag's own per-sample-weight
-                                                                    gradient)
-    torch's embedding-bag backward for W_dec sorts all B*k indices, several times slower on CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, values, indices, W_dec):
-        ctx.save_for_backward(values, indices, W_dec)
-        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad):                                                # grad [batch, d_in]
-        values, indices, W_dec = ctx.saved_tensors
-        grad_values = grad_W_dec = None
-        if ctx.needs_input_grad[0]:
-            with torch.enable_grad():
-                v = values.detach().requires_grad_()
-                x_hat = F.embedding_bag(indices, W_dec.detach(), per_sample_weights=v, mode="sum")
-                grad_values, = torch.autograd.grad(x_hat, v, grad)
-        if ctx.needs_input_grad[2]:
-            grad_W_dec = sparse_t_matmul(indices, values, grad.to(W_dec.dtype), W_dec.shape[0])
-        return grad_values, None, grad_W_dec
-
-
-def sparse_t_matmul(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, d_sae: int) -> torch.Tensor:
-    """A^T rows  [d_sae, d]  for the sparse [batch, d_sae] matrix A with A[b, indices[b, j]] = weights[b, j]
-    (indices [batch, k] distinct within a row) and dense rows [batch, d]: a COO sparse product."""
-    batch, k = indices.shape
-    latent = indices.flatten()                                              # [batch * k]
-    token = torch.arange(batch, device=indices.device).repeat_interleave(k)   # [batch * k]
-    A_T = torch.sparse_coo_tensor(torch.stack([latent, token]), weights.flatten().to(rows.dtype),
-                                  (d_sae, batch), check_invariants=False)
-    return torch.sparse.mm(A_T, rows)

@@ -1,0 +1,147 @@
+"""Sparse training steps: after the one dense encoder product, touch only the latents that matter.
+
+A training SAE soon keeps L0 << d_sae latents per token. Once the pre-activations
+pi = (x - b_dec) W_enc + b_enc  [batch, d_sae]  are computed, every other product of a step involves only a
+set S of (token, latent) pairs: the active latents, plus, for JumpReLU, those inside the kernel window
+below the threshold. With F the sparse [batch, d_sae] code matrix, g = d loss / d x_hat [batch, d_in] and
+G the sparse d loss / d pi:
+    decode           x_hat[b] = sum_{(b,i) in S} F_bi W_dec[i]          an embedding bag
+    grad W_dec       = F^T g                                            a sparse product
+    grad F_bi        = g[b] . W_dec[i]                                  nnz dot products
+    grad W_enc       = (x - b_dec)^T G                                  a sparse product
+about 2 B d_in d_sae + 8 |S| d_in FLOPs instead of 10 B d_in d_sae for a dense step (TopK: |S| = B k).
+
+S is kept as two index vectors (COO), token-major (as `nonzero()` returns them): `Support(rows, cols)`.
+The dense path stays the reference; tests/test_sparse.py checks that both give the same loss and gradients.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+# the default of each SAE's `sparse_max_density`: take the sparse step when the support holds at most
+# this fraction of the batch x d_sae entries (benchmarks/train_step.py --l0 ... measures the crossover)
+SPARSE_MAX_DENSITY = 0.08
+
+
+class Support(NamedTuple):
+    """The (token, latent) pairs a sparse step touches: rows [nnz] (sorted), cols [nnz]; batch rows in all."""
+    rows: torch.Tensor
+    cols: torch.Tensor
+    batch: int
+
+    @property
+    def offsets(self) -> torch.Tensor:                          # [batch]: where each token's latents start
+        counts = torch.bincount(self.rows, minlength=self.batch)
+        return torch.cumsum(counts, 0) - counts
+
+
+def support_of_topk(indices: torch.Tensor) -> Support:
+    """The support of a TopK code: indices [batch, k] -> every token's k latents."""
+    batch, k = indices.shape
+    rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+    return Support(rows, indices.flatten(), batch)
+
+
+def support_above(pi: torch.Tensor, cut: torch.Tensor | float, max_density: float) -> Support | None:
+    """The pairs with pi > cut (cut [d_sae] or a number), or None if they are more than `max_density` of
+    the batch x d_sae entries: then the dense step is faster. CPU only (counting is a host sync on a GPU)."""
+    if pi.device.type != "cpu" or max_density <= 0:
+        return None
+    with torch.no_grad():
+        above = pi > cut                                         # [batch, d_sae] bool
+        if int(above.sum()) > max_density * above.numel():
+            return None
+        rows, cols = above.nonzero(as_tuple=True)
+    return Support(rows, cols, pi.shape[0])
+
+
+def select_pre_activations(pi: torch.Tensor, support: Support, x: torch.Tensor, W_enc: torch.Tensor,
+                           b_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+    """pi at the support [nnz], differentiable in W_enc, b_enc, b_dec (and x) through a sparse backward.
+
+    pi is the dense product (x - b_dec) W_enc + b_enc, already computed; its own graph, if any, is not
+    used (autograd frees it unused)."""
+    return SelectedPreActivations.apply(pi.detach(), support.rows, support.cols, x, W_enc, b_enc, b_dec)
+
+
+def sparse_decode(values: torch.Tensor, support: Support, W_dec: torch.Tensor) -> torch.Tensor:
+    """sum over the support of values * W_dec[latent]  -> [batch, d_in]  (no b_dec)."""
+    return SparseDecode.apply(values.to(W_dec.dtype), support.rows, support.cols, support.batch, W_dec)
+
+
+def densify(values: torch.Tensor, support: Support, d_sae: int) -> torch.Tensor:
+    """The dense [batch, d_sae] matrix holding values at the support (zeros elsewhere)."""
+    out = torch.zeros(support.batch, d_sae, dtype=values.dtype, device=values.device)
+    out[support.rows, support.cols] = values.detach()
+    return out
+
+
+class SelectedPreActivations(torch.autograd.Function):
+    """(pi, rows, cols, x, W_enc, b_enc, b_dec) -> pi[rows, cols]  [nnz].
+
+    With G the sparse [batch, d_sae] matrix of incoming gradients at the support:
+        d loss / d W_enc = (x - b_dec)^T G       a sparse [d_sae, batch] @ [batch, d_in] product, transposed
+        d loss / d b_enc = column sums of G
+        d loss / d b_dec = -W_enc (d loss / d b_enc)
+        d loss / d x     = G W_enc^T             (only if x requires a gradient)
+    """
+
+    @staticmethod
+    def forward(ctx, pi, rows, cols, x, W_enc, b_enc, b_dec):
+        ctx.save_for_backward(rows, cols, x, W_enc, b_dec)
+        return pi[rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad):                                                    # grad [nnz]
+        rows, cols, x, W_enc, b_dec = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        grad = grad.to(W_enc.dtype)
+        grad_W_enc = sparse_t_matmul(rows, cols, grad, (x - b_dec).to(W_enc.dtype), d_sae).T  # [d_in, d_sae]
+        grad_b_enc = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+        grad_b_dec = -(W_enc @ grad_b_enc)
+        grad_x = None
+        if ctx.needs_input_grad[3]:
+            offsets = Support(rows, cols, x.shape[0]).offsets
+            grad_x = F.embedding_bag(cols, W_enc.T, offsets, per_sample_weights=grad, mode="sum").to(x.dtype)
+        return None, None, None, grad_x, grad_W_enc, grad_b_enc, grad_b_dec
+
+
+class SparseDecode(torch.autograd.Function):
+    """(values [nnz], rows, cols, batch, W_dec) -> sum over the support of values * W_dec[cols]  [batch, d_in].
+
+    An embedding bag forward. With g [batch, d_in] the incoming gradient and V the sparse code matrix:
+        d loss / d W_dec     = V^T g                          (sparse_t_matmul)
+        d loss / d values_j  = g[rows_j] . W_dec[cols_j]      (the embedding bag's per-sample-weight gradient)
+    torch's own embedding-bag backward for W_dec sorts all nnz indices, several times slower on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, values, rows, cols, batch, W_dec):
+        offsets = Support(rows, cols, batch).offsets
+        ctx.save_for_backward(values, rows, cols, offsets, W_dec)
+        return F.embedding_bag(cols, W_dec, offsets, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):                                                    # grad [batch, d_in]
+        values, rows, cols, offsets, W_dec = ctx.saved_tensors
+        grad_values = grad_W_dec = None
+        if ctx.needs_input_grad[0]:
+            with torch.enable_grad():
+                v = values.detach().requires_grad_()
+                x_hat = F.embedding_bag(cols, W_dec.detach(), offsets, per_sample_weights=v, mode="sum")
+                grad_values, = torch.autograd.grad(x_hat, v, grad)
+        if ctx.needs_input_grad[4]:
+            grad_W_dec = sparse_t_matmul(rows, cols, values, grad.to(W_dec.dtype), W_dec.shape[0])
+        return grad_values, None, None, None, grad_W_dec
+
+
+def sparse_t_matmul(rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, dense: torch.Tensor,
+                    d_sae: int) -> torch.Tensor:
+    """A^T dense  [d_sae, d]  for the sparse [batch, d_sae] matrix A with A[rows_j, cols_j] = weights_j (pairs
+    distinct) and dense [batch, d]: a COO sparse product."""
+    A_T = torch.sparse_coo_tensor(torch.stack([cols, rows]), weights.to(dense.dtype), (d_sae, dense.shape[0]),
+                                  check_invariants=False)
+    return torch.sparse.mm(A_T, dense)
