@@ -22,11 +22,14 @@ With tying, a Gated SAE is exactly a JumpReLU SAE (see to_jumprelu).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
                    keep_where_positive, random_directions)
+from .sparse import SPARSE_MAX_DENSITY, densify, select_pre_activations, sparse_decode, support_above
 
 MAG_WEIGHTS = ("r_mag", "no_r_mag", "untied")
 AUX_DECODER = ("frozen", "unfrozen")
@@ -73,6 +76,9 @@ class GatedSAE(SAE):
         else:
             self.W_mag = nn.Parameter(W_dec.T.clone())                      # [d_in, d_sae]
             self._input_weights = ("W_gate", "W_mag")
+        # a speed setting, not part of the model: take the sparse training step when gates are open on at
+        # most this fraction of the batch x d_sae entries (tied weights, CPU); 0 = always dense
+        self.sparse_max_density = SPARSE_MAX_DENSITY
 
     @property
     def wants_resampling(self) -> bool:
@@ -99,8 +105,12 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self.pre_activations(x)
         return (pi_gate > 0) * torch.relu(pi_mag)                           # eq. 7
 
-    def activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f, ReLU(pi_gate)), each [batch, d_sae]: the codes and the gate's own activations (eqs. 5-8)."""
+    def activations(self, x: torch.Tensor, support_max_density: float = 0.0):
+        """(f, ReLU(pi_gate)), each [batch, d_sae]: the codes and the gate's own activations (eqs. 5-8).
+
+        With support_max_density > 0 (tied weights, CPU) and an open gate on at most that fraction of the
+        batch x d_sae entries, the sparse form instead: (f, ReLU(pi_gate)) at the open gates, each [nnz],
+        and their Support (saelib/sparse.py). Elsewhere both are 0 and so are their gradients."""
         if self.mag_weights == "untied":
             pi_gate, pi_mag = self.pre_activations(x)
             return (pi_gate > 0) * torch.relu(pi_mag), torch.relu(pi_gate)
@@ -110,31 +120,50 @@ class GatedSAE(SAE):
         xW = x @ self.W_gate                                                # [batch, d_sae]
         shift = self.b_dec @ self.W_gate                                    # [d_sae]
         scale = torch.exp(self.r_mag)                                       # [d_sae], W_mag = scale * W_gate
-        return GatedActivations.apply(xW, self.b_gate - shift, scale, self.b_mag - scale * shift)
+        support = support_above(xW, (shift - self.b_gate).detach(), support_max_density)  # pi_gate > 0
+        if support is None:
+            return GatedActivations.apply(xW, self.b_gate - shift, scale, self.b_mag - scale * shift)
+        cols = support.cols               # (index_select below: gathers with a deterministic backward)
+        xW_centred = select_pre_activations(xW, support, x, self.W_gate, None, self.b_dec,  # x' W_gate
+                                            product_only=True)                              # [nnz]
+        gate_relu = xW_centred + self.b_gate.index_select(0, cols)          # eq. 5: pi_gate > 0 here
+        f = torch.relu(torch.addcmul(self.b_mag.index_select(0, cols), xW_centred,          # eqs. 6-8
+                                     scale.index_select(0, cols)))
+        return f, gate_relu, support
 
     def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
         check_sparsity_coeff(sparsity_coeff)
-        f, gate_relu = self.activations(x)                                  # [batch, d_sae] each
+        out = self.activations(x, self.sparse_max_density if torch.is_grad_enabled() else 0.0)
+        f, gate_relu = out[:2]                          # [batch, d_sae] each, or [nnz] at the support
+        if len(out) == 3:                               # sparse (saelib/sparse.py): decode at the support
+            support = out[2]
+            gate_sum = torch.zeros_like(self.b_gate).index_add(0, support.cols, gate_relu)    # [d_sae]
+            decode = lambda codes, W, b: sparse_decode(codes, support, W) + b
+        else:
+            gate_sum = gate_relu.sum(0)                                     # [d_sae]
+            decode = lambda codes, W, b: torch.addmm(b, codes, W)           # codes W + b
         # (the penalty before the aux decoder: autograd then adds its gradient in place into the decoder's)
         if self.penalty == "l1":
-            sparsity = gate_relu.sum(-1).mean()                             # ||ReLU(pi_gate)||_1
+            sparsity = gate_sum.sum() / x.shape[0]                          # ||ReLU(pi_gate)||_1
         else:
             norms = self.decoder_norms()
             if self.penalty_decoder == "frozen":
                 norms = norms.detach()
             # batch mean of sum_i ReLU(pi_gate)_i ||W_dec[i]||  (a broadcast gradient, see ReLUSAE)
-            sparsity = gate_relu.sum(0) @ norms / x.shape[0]
+            sparsity = gate_sum @ norms / x.shape[0]
 
-        x_hat = self.decode(f)
+        x_hat = decode(f, self.W_dec, self.b_dec)
         reconstruction = (x_hat - x).pow(2).sum(-1).mean()
 
         W_aux, b_aux = self.W_dec, self.b_dec
         if self.aux_decoder == "frozen":
             W_aux, b_aux = W_aux.detach(), b_aux.detach()                   # stop-gradient copies
-        x_hat_aux = torch.addmm(b_aux, gate_relu, W_aux)                    # x_hat_frozen(ReLU(pi_gate))
+        x_hat_aux = decode(gate_relu, W_aux, b_aux)                         # x_hat_frozen(ReLU(pi_gate))
         aux = (x_hat_aux - x).pow(2).sum(-1).mean()                         # ||x - x_hat_frozen(ReLU(pi_gate))||^2
 
         loss = reconstruction + sparsity_coeff * sparsity + aux             # eq. 9
+        if len(out) == 3:
+            f = functools.partial(densify, f, support, self.d_sae)          # [batch, d_sae], built if read
         return LossOutput(loss, reconstruction, sparsity, aux, f, x_hat)
 
     @torch.no_grad()
@@ -174,6 +203,7 @@ class GatedSAE(SAE):
         Train the result with sparsity_coeff = 0: only r_mag and b_mag require gradients.
         """
         sae = cls(relu_sae.d_in, relu_sae.d_sae, normalize_decoder=False, resample=False)
+        sae = sae.to(device=relu_sae.W_dec.device, dtype=relu_sae.W_dec.dtype)
         sae.W_gate.copy_(relu_sae.W_enc)
         sae.b_gate.copy_(relu_sae.b_enc)
         sae.b_mag.copy_(relu_sae.b_enc)                                    # starts equal to the baseline
@@ -181,7 +211,7 @@ class GatedSAE(SAE):
         sae.b_dec.copy_(relu_sae.b_dec)
         for p in (sae.W_gate, sae.b_gate, sae.W_dec, sae.b_dec):
             p.requires_grad_(False)
-        return sae.to(relu_sae.W_dec.device)
+        return sae
 
 
 class GatedActivations(torch.autograd.Function):

@@ -51,6 +51,9 @@ def support_above(pi: torch.Tensor, cut: torch.Tensor | float, max_density: floa
     if pi.device.type != "cpu" or max_density <= 0:
         return None
     with torch.no_grad():
+        head = pi[:256]                   # a clearly dense code is recognised from a few rows, cheaply
+        if int((head > cut).sum()) > 2 * max_density * head.numel():
+            return None
         above = pi > cut                                         # [batch, d_sae] bool
         if int(above.sum()) > max_density * above.numel():
             return None
@@ -59,12 +62,16 @@ def support_above(pi: torch.Tensor, cut: torch.Tensor | float, max_density: floa
 
 
 def select_pre_activations(pi: torch.Tensor, support: Support, x: torch.Tensor, W_enc: torch.Tensor,
-                           b_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
-    """pi at the support [nnz], differentiable in W_enc, b_enc, b_dec (and x) through a sparse backward.
+                           b_enc: torch.Tensor | None, b_dec: torch.Tensor, product_only: bool = False
+                           ) -> torch.Tensor:
+    """pi = (x - b_dec) W_enc + b_enc at the support [nnz], differentiable in W_enc, b_enc, b_dec (and x)
+    through a sparse backward. b_enc may be None (no encoder bias).
 
-    pi is the dense product (x - b_dec) W_enc + b_enc, already computed; its own graph, if any, is not
-    used (autograd frees it unused)."""
-    return SelectedPreActivations.apply(pi.detach(), support.rows, support.cols, x, W_enc, b_enc, b_dec)
+    pi is the dense product, already computed; its own graph, if any, is not used (autograd frees it
+    unused). product_only=True: the tensor passed holds x W_enc only, and the biases are added here, at
+    the support."""
+    return SelectedPreActivations.apply(pi.detach(), support.rows, support.cols, x, W_enc, b_enc, b_dec,
+                                        product_only)
 
 
 def sparse_decode(values: torch.Tensor, support: Support, W_dec: torch.Tensor) -> torch.Tensor:
@@ -80,33 +87,41 @@ def densify(values: torch.Tensor, support: Support, d_sae: int) -> torch.Tensor:
 
 
 class SelectedPreActivations(torch.autograd.Function):
-    """(pi, rows, cols, x, W_enc, b_enc, b_dec) -> pi[rows, cols]  [nnz].
+    """(pi, rows, cols, x, W_enc, b_enc, b_dec, product_only) -> pi[rows, cols]  [nnz].
 
     With G the sparse [batch, d_sae] matrix of incoming gradients at the support:
         d loss / d W_enc = (x - b_dec)^T G       a sparse [d_sae, batch] @ [batch, d_in] product, transposed
         d loss / d b_enc = column sums of G
-        d loss / d b_dec = -W_enc (d loss / d b_enc)
+        d loss / d b_dec = -W_enc (column sums of G)
         d loss / d x     = G W_enc^T             (only if x requires a gradient)
     """
 
     @staticmethod
-    def forward(ctx, pi, rows, cols, x, W_enc, b_enc, b_dec):
+    def forward(ctx, pi, rows, cols, x, W_enc, b_enc, b_dec, product_only):
         ctx.save_for_backward(rows, cols, x, W_enc, b_dec)
-        return pi[rows, cols]
+        values = pi[rows, cols]
+        if product_only:                                    # pi held x W_enc: add b_enc - b_dec W_enc here
+            offset = -(b_dec @ W_enc) if b_enc is None else b_enc - b_dec @ W_enc               # [d_sae]
+            values = values + offset.index_select(0, cols)
+        return values
 
     @staticmethod
     def backward(ctx, grad):                                                    # grad [nnz]
         rows, cols, x, W_enc, b_dec = ctx.saved_tensors
         d_sae = W_enc.shape[1]
         grad = grad.to(W_enc.dtype)
-        grad_W_enc = sparse_t_matmul(rows, cols, grad, (x - b_dec).to(W_enc.dtype), d_sae).T  # [d_in, d_sae]
-        grad_b_enc = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        grad_b_dec = -(W_enc @ grad_b_enc)
-        grad_x = None
+        grad_x = grad_W_enc = grad_b_enc = grad_b_dec = None
+        if ctx.needs_input_grad[4]:
+            grad_W_enc = sparse_t_matmul(rows, cols, grad, (x - b_dec).to(W_enc.dtype), d_sae).T  # [d_in, d_sae]
+        column_sums = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+        if ctx.needs_input_grad[5]:
+            grad_b_enc = column_sums
+        if ctx.needs_input_grad[6]:
+            grad_b_dec = -(W_enc @ column_sums)
         if ctx.needs_input_grad[3]:
             offsets = Support(rows, cols, x.shape[0]).offsets
             grad_x = F.embedding_bag(cols, W_enc.T, offsets, per_sample_weights=grad, mode="sum").to(x.dtype)
-        return None, None, None, grad_x, grad_W_enc, grad_b_enc, grad_b_dec
+        return None, None, None, grad_x, grad_W_enc, grad_b_enc, grad_b_dec, None
 
 
 class SparseDecode(torch.autograd.Function):

@@ -3,7 +3,7 @@ gradients: ReLU (both variants) and JumpReLU (compact kernels, L0 and L1 penalti
 import pytest
 import torch
 
-from saelib import JumpReLUSAE, ReLUSAE
+from saelib import GatedSAE, JumpReLUSAE, ReLUSAE
 from saelib.sparse import Support, densify, sparse_decode, support_above
 
 
@@ -16,15 +16,15 @@ def _loss_and_grads(sae, x, lam, max_density):
     return out, grads
 
 
-def _compare(sae, x, lam):
+def _compare(sae, x, lam, min_params=4):
     dense, g_dense = _loss_and_grads(sae, x, lam, 0.0)
     sparse, g_sparse = _loss_and_grads(sae, x, lam, 1.0)
     assert not callable(dense._f) and callable(sparse._f), "the sparse path was not taken"
-    for term in ("loss", "reconstruction", "sparsity"):
+    for term in ("loss", "reconstruction", "sparsity", "aux"):
         torch.testing.assert_close(getattr(sparse, term), getattr(dense, term), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(sparse.x_hat, dense.x_hat, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(sparse.f, dense.f.detach(), rtol=1e-10, atol=1e-12)
-    assert g_sparse.keys() == g_dense.keys() and len(g_dense) >= 4
+    assert g_sparse.keys() == g_dense.keys() and len(g_dense) >= min_params
     for name in g_dense:
         torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=1e-9, atol=1e-12, msg=name)
     return dense
@@ -61,6 +61,41 @@ def test_jumprelu_sparse_step_matches_dense(kernel, penalty):
     assert ((u > -0.2) & (u < 0)).sum() > 50 and ((u > 0) & (u < 0.2)).sum() > 50
     out = _compare(sae, x, 0.5)
     assert 0.02 < (out.f != 0).double().mean().item() < 0.4
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"mag_weights": "no_r_mag"}, {"aux_decoder": "unfrozen"},
+    {"penalty": "decoder_norm"}, {"penalty": "decoder_norm", "penalty_decoder": "frozen"}])
+def test_gated_sparse_step_matches_dense(options):
+    torch.manual_seed(0)
+    sae = GatedSAE(24, 80, **options).double()
+    x = _inputs()
+    with torch.no_grad():                           # gates open on ~10% of tokens; magnitudes differ
+        sae.b_gate.copy_(-sae.pre_activations(x)[0].quantile(0.9, dim=0))
+        if hasattr(sae.r_mag, "normal_") and isinstance(sae.r_mag, torch.nn.Parameter):
+            sae.r_mag.normal_(0, 0.3)
+        sae.b_mag.normal_(0, 0.2)
+        sae.b_dec.normal_(0, 0.01)
+    out = _compare(sae, x, 0.3)
+    assert 0.02 < (out.f != 0).double().mean().item() < 0.4
+
+
+def test_gated_rescale_and_shift_sparse_step_matches_dense():
+    torch.manual_seed(0)
+    relu = ReLUSAE(24, 80).double()
+    x = _inputs()
+    with torch.no_grad():
+        relu.b_enc.copy_(-relu.pre_activations(x).quantile(0.9, dim=0))
+    sae = GatedSAE.rescale_and_shift(relu)
+    with torch.no_grad():
+        sae.r_mag.normal_(0, 0.3)
+    _compare(sae, x, 0.0, min_params=2)              # only r_mag and b_mag train
+
+
+def test_untied_gated_always_steps_densely():
+    sae = GatedSAE(8, 16, mag_weights="untied")
+    sae.sparse_max_density = 1.0
+    assert not callable(sae.loss(torch.randn(4, 8), 1.0)._f)
 
 
 def test_jumprelu_gaussian_kernel_always_steps_densely():
