@@ -3,6 +3,13 @@
     python benchmarks/train_step.py                                   # the four architectures, ours only
     .venv-bench/bin/python benchmarks/train_step.py --vs saelens dictionary_learning
     python benchmarks/train_step.py --arch topk --k 16 32 64 128      # sparse TopK against the dense floor
+    .venv-bench/bin/python benchmarks/train_step.py --vs saelens dictionary_learning --l0 64   # trained-like
+
+Two states. By default every SAE is at its random initialisation, where about half the latents fire:
+the dense worst case. With --l0 N every implementation's biases or thresholds are first moved so that
+each latent fires on N / d_sae of the batch (about N per token), the sparsity of a trained SAE, where
+saelib takes its sparse step (saelib/sparse.py). The L0 each implementation has after the timed steps is
+printed; the peers' own steps run densely whatever their L0.
 
 One step is what saelib.train.train_sae does per batch: forward, loss, backward, the SAE's
 before_optimizer_step hook, Adam step, after_optimizer_step hook, zero_grad. The peers run their own
@@ -24,6 +31,7 @@ implementation of an architecture (matrix products only; 2 FLOPs per multiply-ad
     topk                2 B d_in d_sae + 8 B k d_in   dense encoder forward (to choose the top k); the
                                          decoder and the encoder gradient touch only B k latents.
                                          Its "dense floor" is 10 B d_in d_sae at the matmul rate.
+The count stays the dense one under --l0: a sparse step that does fewer FLOPs shows "of matmul" > 1.
 """
 from __future__ import annotations
 
