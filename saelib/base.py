@@ -104,6 +104,13 @@ class LossOutput:
             self._f = self._f()
         return self._f
 
+    def feature_max(self) -> torch.Tensor:
+        """[d_sae]: each feature's largest activation over the batch (0 if it never fired), without
+        building a sparse step's dense codes."""
+        if hasattr(self._f, "feature_max"):
+            return self._f.feature_max()
+        return self.f.detach().amax(0)
+
 
 # ----------------------------------------------------------------------------- base module
 

@@ -22,14 +22,12 @@ With tying, a Gated SAE is exactly a JumpReLU SAE (see to_jumprelu).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
                    keep_where_positive, random_directions)
-from .sparse import SPARSE_MAX_DENSITY, densify, select_pre_activations, sparse_decode, support_above
+from .sparse import SPARSE_MAX_DENSITY, SparseCodes, select_pre_activations, sparse_decode, support_above
 
 MAG_WEIGHTS = ("r_mag", "no_r_mag", "untied")
 AUX_DECODER = ("frozen", "unfrozen")
@@ -163,7 +161,7 @@ class GatedSAE(SAE):
 
         loss = reconstruction + sparsity_coeff * sparsity + aux             # eq. 9
         if len(out) == 3:
-            f = functools.partial(densify, f, support, self.d_sae)          # [batch, d_sae], built if read
+            f = SparseCodes(f, support, self.d_sae)                  # dense [batch, d_sae] if read
         return LossOutput(loss, reconstruction, sparsity, aux, f, x_hat)
 
     @torch.no_grad()

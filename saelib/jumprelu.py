@@ -18,7 +18,6 @@ inputs scaled to unit mean squared norm. Options:
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
                    random_directions)
 from .kernels import KERNEL_SUPPORT, KERNELS
-from .sparse import SPARSE_MAX_DENSITY, densify, select_pre_activations, sparse_decode, support_above
+from .sparse import SPARSE_MAX_DENSITY, SparseCodes, select_pre_activations, sparse_decode, support_above
 from .ste import jumprelu_with_l0, window_half_width
 
 PENALTIES = ("l0", "l1")
@@ -112,7 +111,7 @@ class JumpReLUSAE(SAE):
             f = f[0]                                                                          # [nnz]
             l1 = f.sum() if self.penalty == "l1" else None
             x_hat = sparse_decode(f, support, self.W_dec) + self.b_dec
-            f = functools.partial(densify, f, support, self.d_sae)           # [batch, d_sae], if read
+            f = SparseCodes(f, support, self.d_sae)                  # dense [batch, d_sae] if read
         sparsity = l0 if self.penalty == "l0" else l1 / x.shape[0]
         reconstruction = (x_hat - x).pow(2).sum(-1).mean()
         loss = reconstruction + sparsity_coeff * sparsity

@@ -16,14 +16,12 @@ Both initialise W_enc = W_dec^T (at init only) and zero biases.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 from .base import (SAE, LossOutput, centred_matmul, check_choice, check_positive, check_sparsity_coeff,
                    random_directions)
-from .sparse import SPARSE_MAX_DENSITY, densify, select_pre_activations, sparse_decode, support_above
+from .sparse import SPARSE_MAX_DENSITY, SparseCodes, select_pre_activations, sparse_decode, support_above
 
 VARIANTS = ("standard", "april_update")
 
@@ -93,5 +91,5 @@ class ReLUSAE(SAE):
         loss = reconstruction + sparsity_coeff * sparsity
         zero = torch.zeros((), device=x.device, dtype=x.dtype)
         if support is not None:
-            f = functools.partial(densify, f, support, self.d_sae)    # [batch, d_sae], built if read
+            f = SparseCodes(f, support, self.d_sae)                  # dense [batch, d_sae] if read
         return LossOutput(loss, reconstruction, sparsity, zero, f, x_hat)

@@ -42,8 +42,8 @@ class DeadFeatureTracker:
     def reset(self) -> None:
         self.max_act.zero_()
 
-    def update(self, f: torch.Tensor) -> None:  # f: [batch, d_sae]; no host sync
-        torch.maximum(self.max_act, f.detach().reshape(-1, f.shape[-1]).amax(0).float(), out=self.max_act)
+    def update(self, feature_max: torch.Tensor) -> None:  # [d_sae], LossOutput.feature_max(); no host sync
+        torch.maximum(self.max_act, feature_max.detach().float(), out=self.max_act)
 
     def dead_mask(self) -> torch.Tensor:  # [d_sae] bool, the same on every rank
         return D.all_reduce(self.max_act.clone(), op="max") <= 0

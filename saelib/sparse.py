@@ -86,6 +86,21 @@ def densify(values: torch.Tensor, support: Support, d_sae: int) -> torch.Tensor:
     return out
 
 
+class SparseCodes:
+    """A sparse step's codes f, for LossOutput: called, the dense [batch, d_sae] matrix (built on demand);
+    feature_max(), each feature's largest activation over the batch without building it."""
+
+    def __init__(self, values: torch.Tensor, support: Support, d_sae: int):
+        self.values, self.support, self.d_sae = values.detach(), support, d_sae
+
+    def __call__(self) -> torch.Tensor:
+        return densify(self.values, self.support, self.d_sae)
+
+    def feature_max(self) -> torch.Tensor:                                      # [d_sae], zeros included
+        out = torch.zeros(self.d_sae, dtype=self.values.dtype, device=self.values.device)
+        return out.index_reduce_(0, self.support.cols, self.values, "amax")
+
+
 class SelectedPreActivations(torch.autograd.Function):
     """(pi, rows, cols, x, W_enc, b_enc, b_dec, product_only) -> pi[rows, cols]  [nnz].
 

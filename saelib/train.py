@@ -401,7 +401,7 @@ def train_sae(sae: nn.Module, batches, cfg: TrainConfig, *, resume: bool = False
         sae.after_optimizer_step()
         optimizer.zero_grad(set_to_none=True)
         if track:
-            tracker.update(out.f)
+            tracker.update(out.feature_max())
         progress.step = s
 
         if is_check:

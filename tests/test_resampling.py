@@ -104,8 +104,8 @@ def test_sampling_is_without_replacement_over_a_stream_of_batches():
 
 def test_tracker_marks_features_that_never_fired():
     tracker = DeadFeatureTracker(4, torch.device("cpu"))
-    tracker.update(torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
-    tracker.update(torch.tensor([[0.0, 0.0, 2.0, 0.0]]))
+    tracker.update(torch.tensor([0.0, 1.0, 0.0, 0.0]))          # each feature's max over a batch
+    tracker.update(torch.tensor([0.0, 0.0, 2.0, 0.0]))
     assert tracker.dead_mask().tolist() == [True, False, False, True]
     tracker.reset()
     assert tracker.dead_mask().all()

@@ -23,6 +23,7 @@ def _compare(sae, x, lam, min_params=4):
     for term in ("loss", "reconstruction", "sparsity", "aux"):
         torch.testing.assert_close(getattr(sparse, term), getattr(dense, term), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(sparse.x_hat, dense.x_hat, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sparse.feature_max(), dense.f.detach().amax(0), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(sparse.f, dense.f.detach(), rtol=1e-10, atol=1e-12)
     assert g_sparse.keys() == g_dense.keys() and len(g_dense) >= min_params
     for name in g_dense:
