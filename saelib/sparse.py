@@ -98,7 +98,7 @@ class SparseCodes:
 
     def feature_max(self) -> torch.Tensor:                                      # [d_sae], zeros included
         out = torch.zeros(self.d_sae, dtype=self.values.dtype, device=self.values.device)
-        return out.index_reduce_(0, self.support.cols, self.values, "amax")
+        return out.scatter_reduce_(0, self.support.cols, self.values, "amax")
 
 
 class SelectedPreActivations(torch.autograd.Function):
