@@ -107,6 +107,24 @@ class Site:
         return {}
 
 
+def model_fingerprint(model: torch.nn.Module, max_elements: int = 50_000_000) -> str:
+    """A short hash of a model's weights (names, shapes, values), part of every LM cache key.
+
+    Models up to `max_elements` parameters are hashed whole; larger ones (hub models) through an evenly
+    strided sample of each tensor, which still tells apart any two checkpoints in practice."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    total = sum(t.numel() for t in state.values())
+    for name, tensor in sorted(state.items()):
+        flat = tensor.detach().reshape(-1).cpu()
+        if total > max_elements:
+            flat = flat[:: max(1, flat.numel() * 64 // max_elements)]
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        flat = flat.clone(memory_format=torch.contiguous_format)          # stride 1, even for one element
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
 class LMSite(Site):
     """Activations of a language model at one hook, cached once on disk per (model, hook, scale)."""
 
@@ -121,9 +139,10 @@ class LMSite(Site):
         self.model = model if model is not None else load_model(model_name, device=device)
         self.d_in = hook_d_in(self.model, hook)
         ctx = self.model.cfg.n_ctx
-        self.key = {"model": model_name, "hook": hook, "train_tokens": scale.train_tokens,
+        weights = model_fingerprint(self.model)          # retrained or swapped weights: new activations
+        self.key = {"model": model_name, "weights": weights, "hook": hook, "train_tokens": scale.train_tokens,
                     "eval_tokens": scale.eval_tokens, "normalization": normalization, "ctx": ctx}
-        root = output_dir(scale.name) / "cache" / model_name / hook.replace(".", "_")
+        root = output_dir(scale.name) / "cache" / model_name / weights / hook.replace(".", "_")
         # enough packed rows for the kept (non-BOS) positions; documents are generated/streamed lazily
         rows_needed = {split: math.ceil(n * 1.25 / (ctx - 1)) + 1 for split, n in
                        (("train", scale.train_tokens), ("heldout", scale.eval_tokens))}

@@ -20,3 +20,23 @@ def test_max_k_is_validated_and_ignored_by_coefficient_sweeps():
     with pytest.raises(ValueError, match="max_k"):
         frontier_specs("topk", 2, max_k=0)
     assert frontier_specs("gated", 2, max_k=8) == frontier_specs("gated", 2)
+
+
+def test_lm_cache_key_follows_the_model_weights():
+    """Retraining (or swapping) the model must not reuse activations cached from other weights."""
+    import torch
+
+    from saelib.experiments import model_fingerprint
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+
+    a, b = model(0), model(0)
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        b[1].bias[0] += 1e-6
+    assert model_fingerprint(a) != model_fingerprint(b)
+    # large models are hashed through a strided sample: still deterministic, still weight-sensitive
+    assert model_fingerprint(a, max_elements=10) == model_fingerprint(model(0), max_elements=10)
+    assert model_fingerprint(a, max_elements=10) != model_fingerprint(model(1), max_elements=10)
