@@ -286,10 +286,13 @@ def coefficient_grid(low: float, high: float, n: int) -> list[float]:
 
 # Sparsity-coefficient ranges that span L0 of roughly 5-150 on unit-mean-squared-norm activations
 # (the embedded model's residual stream and the synthetic default). TopK sweeps k instead.
+# JumpReLU: above lambda ~ 0.1 its L0 saturates at ~5 in a default-scale run (the L0 penalty moves
+# log-thresholds at Adam's rate whatever lambda), so the grid reaches down to 1e-4 (measured at default
+# scale, blocks.2.hook_resid_post: lambda 3e-4 -> L0 21.7, 1e-3 -> 16.6, 3e-3 -> 10.2, 0.3 and 1 -> 5.0).
 COEFFICIENT_RANGES: dict[str, tuple[float, float]] = {
     "standard": (0.03, 1.0),
     "gated": (0.03, 1.0),
-    "jumprelu": (0.003, 0.3),
+    "jumprelu": (1e-4, 0.03),
 }
 TOPK_KS = (8, 16, 32, 64, 128, 256)
 
