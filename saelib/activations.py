@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as D
 from .base import check_choice, check_positive, check_range
 from .normalization import NORMALIZATIONS, estimate_scale
 
@@ -176,12 +178,30 @@ class ActivationBuffer:
       during a refill     + the hook's output for one model batch and its BOS-free copy (<= 2 C)
     `max_bytes` = capacity * (d_in * itemsize + 8) + 3 C bounds both; with `buffer_bytes` set, the
     capacity is the largest that keeps max_bytes <= buffer_bytes.
+
+    Under torchrun (rank, world_size: default from the RANK / WORLD_SIZE environment) each rank runs the
+    model over its own rows of `tokens` (rank, rank + world_size, ...) and serves its share of the global
+    batch, cfg.batch_size / world_size rows; the normalisation scale estimated from the first fill is
+    averaged over the ranks, so every rank scales alike.
     """
 
     def __init__(self, model, tokens: torch.Tensor, cfg: BufferConfig,
-                 exclude_token_ids: Sequence[int] | None = None):
+                 exclude_token_ids: Sequence[int] | None = None, rank: int | None = None,
+                 world_size: int | None = None):
         _check_tokens(tokens)
         check_hook_name(model, cfg.hook_name)
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        check_positive("world_size", world_size, integer=True)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank!r} is out of range; allowed: an integer in [0, world_size={world_size})")
+        if cfg.batch_size % world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of world_size={world_size}")
+        if tokens.shape[0] < world_size:
+            raise ValueError(f"tokens has {tokens.shape[0]} rows; allowed: at least world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
+        self.local_batch_size = cfg.batch_size // world_size
+        tokens = tokens[rank::world_size]                                   # this rank's sequences
         self.model, self.tokens, self.cfg = model, tokens, cfg
         self.exclude_token_ids = tuple(default_exclude_token_ids(model) if exclude_token_ids is None
                                        else exclude_token_ids)
@@ -205,7 +225,7 @@ class ActivationBuffer:
             self.capacity = cfg.buffer_size
         self.max_bytes = self.capacity * row_bytes + 3 * self.chunk_bytes
 
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed + rank)
         self.storage = torch.empty(self.capacity, self.d_in, dtype=self.dtype, device=self.device)  # [capacity, d_in]
         self.perm = torch.empty(0, dtype=torch.long, device=self.device)  # [capacity] serving order
         self.served = 0                     # positions of perm already served since the last refill
@@ -252,14 +272,15 @@ class ActivationBuffer:
         for acts in self._fresh_activations(len(slots)):
             self.storage.index_copy_(0, slots[start:start + len(acts)], acts)
             start += len(acts)
-        if self.scale is None:                           # estimated once, from the first fill
-            self.scale = estimate_scale(self.storage, self.cfg.normalization)
+        if self.scale is None:                           # estimated once, from the first fill (every rank's)
+            scale = torch.tensor(estimate_scale(self.storage, self.cfg.normalization), dtype=torch.float64)
+            self.scale = float(D.all_reduce(scale, op="mean"))
         self.perm = torch.randperm(self.capacity, generator=self.generator).to(self.device)
         self.served = 0
 
     def next_batch(self) -> torch.Tensor:
-        """[batch_size, d_in] float32, scaled by `self.scale`."""
-        b = self.cfg.batch_size
+        """[batch_size / world_size, d_in] float32, scaled by `self.scale`."""
+        b = self.local_batch_size
         if (len(self.perm) == 0 or self.served + b > self.capacity
                 or self.served >= self.cfg.refill_fraction * self.capacity):
             self._refill()

@@ -4,7 +4,8 @@
 
 For each case in CASES, trains the same SAE on the same data as a single process would (global batch
 64, split 32 + 32 across the ranks); rank 0 writes OUT_DIR/<case>.safetensors and <case>.json. A last
-run with resampling checks that every rank ends with the same weights (OUT_DIR/ranks.json).
+run with resampling checks that every rank ends with the same weights (OUT_DIR/ranks.json); last, each
+rank's ActivationBuffer reports its shard and scale (OUT_DIR/buffer.json).
 """
 import json
 import sys
@@ -70,6 +71,24 @@ def main():
         (out / "ranks.json").write_text(json.dumps({
             "max_diff_between_ranks": max((g - gathered[0]).abs().max().item() for g in gathered),
             "n_resampled": sum(h["n_resampled"] for h in history)}))
+
+    # the model-driven activation buffer: each rank its own sequences and half the batch, one shared scale
+    from saelib.activations import ActivationBuffer, BufferConfig
+    from saelib.distributed import all_gather_objects
+    from saelib.normalization import estimate_scale
+    from saelib.registry import load_model, load_text_dataset, model_tokenize
+
+    lm = load_model("embedded")
+    rows = model_tokenize(lm, load_text_dataset("embedded", "heldout", n_docs=40), lm.cfg.n_ctx)
+    buffer = ActivationBuffer(lm, rows, BufferConfig("blocks.2.hook_resid_post", batch_size=64, buffer_size=256,
+                                                     progress=False))
+    batch = buffer.next_batch()
+    mine = {"rank": buffer.rank, "world_size": buffer.world_size, "rows": batch.shape[0], "scale": buffer.scale,
+            "own_estimate": estimate_scale(buffer.storage, "unit_mean_squared_norm"),
+            "first_token_row": buffer.tokens[0].tolist()}
+    everyone = all_gather_objects(mine)
+    if info.is_main:
+        (out / "buffer.json").write_text(json.dumps(everyone))
     destroy_distributed()
 
 

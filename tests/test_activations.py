@@ -285,3 +285,26 @@ def test_cache_shards_each_global_batch_across_ranks(model, tokens, tmp_path):
         assert key(torch.cat(parts)) == key(whole)
     with pytest.raises(ValueError, match="rank"):
         ActivationCache(path, batch_size=64, rank=2, world_size=2)
+
+
+def test_buffer_shards_the_token_rows_across_ranks(model, tokens):
+    """Under torchrun each rank reads its own sequences and serves batch_size / world_size rows."""
+    ranks = [ActivationBuffer(model, tokens, BufferConfig("blocks.1.hook_resid_post", batch_size=64, buffer_size=300,
+                                                          model_batch_size=4, progress=False, scale=1.0),
+                              exclude_token_ids=EXCLUDE, rank=r, world_size=2) for r in range(2)]
+    assert torch.equal(ranks[0].tokens, tokens[0::2]) and torch.equal(ranks[1].tokens, tokens[1::2])
+    batches = [b.next_batch() for b in ranks]
+    assert all(b.shape == (32, 16) for b in batches)
+    # each rank's activations come from its own sequences only (short prefixes can repeat across
+    # sequences, so only the activations unique to the other rank's rows tell the two apart)
+    own = [kept_activations(model, tokens[r::2], "blocks.1.hook_resid_post", EXCLUDE) for r in range(2)]
+    for r in range(2):
+        mine = {tuple(row) for row in own[r].tolist()}
+        only_other = {tuple(row) for row in own[1 - r].tolist()} - mine
+        served = [tuple(row) for row in batches[r].tolist()]
+        assert len(only_other) > 100
+        assert all(row in mine for row in served) and not any(row in only_other for row in served)
+    with pytest.raises(ValueError, match="rank=2"):
+        ActivationBuffer(model, tokens, BufferConfig("blocks.1.hook_resid_post", batch_size=64), rank=2, world_size=2)
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        ActivationBuffer(model, tokens, BufferConfig("blocks.1.hook_resid_post", batch_size=63), rank=0, world_size=2)

@@ -71,3 +71,12 @@ def test_resampling_keeps_ranks_identical(torchrun_output):
     ranks = json.loads((torchrun_output / "ranks.json").read_text())
     assert ranks["n_resampled"] >= 10
     assert ranks["max_diff_between_ranks"] == 0.0
+
+
+def test_activation_buffer_shards_rows_and_shares_one_scale(torchrun_output):
+    ranks = json.loads((torchrun_output / "buffer.json").read_text())
+    assert [(r["rank"], r["world_size"], r["rows"]) for r in ranks] == [(0, 2, 32), (1, 2, 32)]
+    assert ranks[0]["first_token_row"] != ranks[1]["first_token_row"]          # rows 0 and 1 of the tokens
+    assert ranks[0]["own_estimate"] != ranks[1]["own_estimate"]
+    mean = sum(r["own_estimate"] for r in ranks) / 2
+    assert all(r["scale"] == pytest.approx(mean, rel=1e-12) for r in ranks)
