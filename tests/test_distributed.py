@@ -80,3 +80,9 @@ def test_activation_buffer_shards_rows_and_shares_one_scale(torchrun_output):
     assert ranks[0]["own_estimate"] != ranks[1]["own_estimate"]
     mean = sum(r["own_estimate"] for r in ranks) / 2
     assert all(r["scale"] == pytest.approx(mean, rel=1e-12) for r in ranks)
+
+
+def test_the_sparse_case_takes_the_sparse_step():
+    sae = worker.make("jumprelu_sparse")
+    x = worker.data()[:32]                                  # one rank's share of a global batch of 64
+    assert callable(sae.loss(x, 3e-3)._f)
