@@ -123,6 +123,6 @@ class JumpReLUSAE(SAE):
         """Move log eps_i towards the bandwidth that puts `adaptive_window_count` pre-activations of the
         batch inside feature i's window (multiplicative update, clamped to [1e-5, 1])."""
         half_width = KERNEL_SUPPORT[self.kernel] if math.isfinite(KERNEL_SUPPORT[self.kernel]) else 1.0
-        inside = ((pi - theta).abs() < half_width * self.bandwidths).sum(0).to(pi.dtype)    # [d_sae]
+        inside = torch.count_nonzero((pi - theta).abs() < half_width * self.bandwidths, dim=0).to(pi.dtype)
         step = self.adaptive_rate * (math.log1p(self.adaptive_window_count) - torch.log1p(inside))
         self.bandwidths.mul_(torch.exp(step)).clamp_(1e-5, 1.0)

@@ -424,7 +424,7 @@ def train_sae(sae: nn.Module, batches, cfg: TrainConfig, *, resume: bool = False
 def _log(out, progress: _Progress, lr: float, lam: float, grad_norm, cfg: TrainConfig, bar) -> None:
     """Append a history row; the one host sync of a log step. Values are means over the global batch."""
     with torch.no_grad():
-        l0 = (out.f != 0).sum(-1).float().mean().reshape(1)
+        l0 = (torch.count_nonzero(out.f) / out.f.shape[0]).float().reshape(1)       # mean over tokens
         stats = torch.cat([_loss_terms(out), l0])
         if grad_norm is not None:
             stats = torch.cat([stats, grad_norm.detach().float().reshape(1)])
