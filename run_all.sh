@@ -63,7 +63,7 @@ for nb in "${notebooks[@]}"; do
 done
 
 readme_arg=(); [ "$scale" = default ] && readme_arg=(--readme README.md)   # README carries the default table
-"$PY" -m saelib.claims --scale "$scale" "${readme_arg[@]}" >/dev/null && echo "claims table: $("$PY" -c "from saelib.paths import figures_dir; print(figures_dir('$scale') / 'CLAIMS.md')")"
+"$PY" -m saelib.lab.claims --scale "$scale" "${readme_arg[@]}" >/dev/null && echo "claims table: $("$PY" -c "from saelib.lab.paths import figures_dir; print(figures_dir('$scale') / 'CLAIMS.md')")"
 echo
 echo "Wall time per notebook ($scale scale):"
 printf '  %s\n' "${timings[@]}"

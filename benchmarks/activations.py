@@ -5,7 +5,7 @@
 
 Two phases, alternated every repeat so that load from other processes hits both alike:
   forward         the model's forward pass up to the hook (it stops there) over the sequences that the
-                  buffer phase consumes, BOS / padding positions dropped (saelib.activations.kept_activations)
+                  buffer phase consumes, BOS / padding positions dropped (saelib.data.activations.kept_activations)
   forward+buffer  ActivationBuffer.next_batch() in the steady state: every served activation is replaced
                   by a fresh one, so serving N activations runs the forward pass for N activations and
                   adds the buffer's work (copy into storage, re-permutation, gathering and scaling batches)
@@ -39,9 +39,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    import saelib.activations as saelib_activations
-    from saelib.activations import ActivationBuffer, BufferConfig, default_exclude_token_ids, kept_activations
-    from saelib.registry import load_model, load_text_dataset, model_tokenize
+    import saelib.data.activations as saelib_activations
+    from saelib.data.activations import ActivationBuffer, BufferConfig, default_exclude_token_ids, kept_activations
+    from saelib.data.registry import load_model, load_text_dataset, model_tokenize
 
     model = load_model("embedded", device=a.device)
     tokens = model_tokenize(model, load_text_dataset("embedded", "train", n_docs=20_000), model.cfg.n_ctx)

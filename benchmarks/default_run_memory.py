@@ -9,8 +9,8 @@ import argparse
 import resource
 import time
 
-from saelib.experiments import LMSite, SAESpec, run
-from saelib.scales import get_scale
+from saelib.lab.experiments import LMSite, SAESpec, run
+from saelib.lab.scales import get_scale
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--architecture", default="gated", choices=["standard", "gated", "jumprelu", "topk"])

@@ -11,7 +11,7 @@ each latent fires on N / d_sae of the batch (about N per token), the sparsity of
 saelib takes its sparse step (saelib/sparse.py). The L0 each implementation has after the timed steps is
 printed; the peers' own steps run densely whatever their L0.
 
-One step is what saelib.train.train_sae does per batch: forward, loss, backward, the SAE's
+One step is what saelib.training.loop.train_sae does per batch: forward, loss, backward, the SAE's
 before_optimizer_step hook, Adam step, after_optimizer_step hook, zero_grad. The peers run their own
 full steps: SAELens's SAETrainer.step (its bookkeeping and gradient clipping included) and
 dictionary_learning's trainer.update.

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelib.base import SAE, check_positive
+from saelib.models.base import SAE
+from saelib.validation import check_positive
 from saelib.io import sae_from_sae_lens_state, sae_lens_state
 
 GEMMA_SCOPE_PARAMS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")

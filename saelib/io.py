@@ -32,8 +32,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from saelib.architectures import ARCHITECTURES, create_sae
-from saelib.base import SAE, check_choice, check_positive
+from saelib.models.architectures import ARCHITECTURES, create_sae
+from saelib.models.base import SAE
+from saelib.validation import check_choice, check_positive
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -221,7 +222,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, scaling_factor: float | None = N
              model_name: str | None = None, hook_name: str | None = None, metadata: dict | None = None) -> Path:
     """Write `sae` to the folder `path` (created if needed) as cfg.json + sae_weights.safetensors.
 
-    scaling_factor: if the SAE was trained on `scaling_factor * x` (saelib.normalization), it is folded
+    scaling_factor: if the SAE was trained on `scaling_factor * x` (saelib.data.normalization), it is folded
     into the weights of a copy (the live SAE is untouched), so the saved SAE acts on raw activations.
     model_name, hook_name and `metadata` (other SAELens metadata keys, e.g. context_size) go to cfg.json.
     Each file is written to a temporary name and renamed, so a crash never leaves half a file.

@@ -14,8 +14,8 @@ from dataclasses import fields
 
 import torch
 
-from saelib.embedded_model import ASSETS, EmbeddedModelConfig, save_embedded_model, train_embedded_model
-from saelib.tokenizer import WordTokenizer
+from saelib.data.embedded_model import ASSETS, EmbeddedModelConfig, save_embedded_model, train_embedded_model
+from saelib.data.tokenizer import WordTokenizer
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from saelib import GatedSAE, JumpReLUSAE, ReLUSAE
-from saelib.distributed import destroy_distributed, init_distributed
-from saelib.train import TrainConfig, train_sae
+from saelib.training.distributed import destroy_distributed, init_distributed
+from saelib.training.loop import TrainConfig, train_sae
 
 D_IN, D_SAE = 16, 48
 CASES = {
@@ -75,10 +75,10 @@ def main():
             "n_resampled": sum(h["n_resampled"] for h in history)}))
 
     # the model-driven activation buffer: each rank its own sequences and half the batch, one shared scale
-    from saelib.activations import ActivationBuffer, BufferConfig
-    from saelib.distributed import all_gather_objects
-    from saelib.normalization import estimate_scale
-    from saelib.registry import load_model, load_text_dataset, model_tokenize
+    from saelib.data.activations import ActivationBuffer, BufferConfig
+    from saelib.training.distributed import all_gather_objects
+    from saelib.data.normalization import estimate_scale
+    from saelib.data.registry import load_model, load_text_dataset, model_tokenize
 
     lm = load_model("embedded")
     rows = model_tokenize(lm, load_text_dataset("embedded", "heldout", n_docs=40), lm.cfg.n_ctx)

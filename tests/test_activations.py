@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from saelib.activations import (ActivationBuffer, ActivationCache, BufferConfig, cache_activations, hook_d_in,
+from saelib.data.activations import (ActivationBuffer, ActivationCache, BufferConfig, cache_activations, hook_d_in,
                                 kept_activations, read_hook)
 
 PAD, BOS = 0, 1
@@ -94,7 +94,7 @@ def held_bytes(buffer) -> int:
 @pytest.mark.parametrize("storage_dtype", ["float32", "bfloat16"])
 def test_buffer_memory_stays_within_its_byte_bound(model, tokens, storage_dtype, monkeypatch):
     """Measured: the tensors the buffer holds after every batch, and the hook outputs read during refills."""
-    import saelib.activations as A
+    import saelib.data.activations as A
 
     hook_outputs, original = [], A.read_hook
     monkeypatch.setattr(A, "read_hook", lambda *a: hook_outputs.append(original(*a)) or hook_outputs[-1])
@@ -230,8 +230,8 @@ def test_cache_rejects_incomplete_and_oversized(model, tokens, tmp_path):
 
 def test_training_from_the_buffer_resumes_bitwise(model, tokens, tmp_path):
     """train_sae checkpoints the buffer's state_dict; a crashed run resumed with a fresh buffer ends identical."""
-    from saelib.relu import ReLUSAE
-    from saelib.train import TrainConfig, train_sae
+    from saelib.models.relu import ReLUSAE
+    from saelib.training.loop import TrainConfig, train_sae
 
     def run(crash_at=None, resume=False, directory=None):
         torch.manual_seed(0)
@@ -261,7 +261,7 @@ def test_training_from_the_buffer_resumes_bitwise(model, tokens, tmp_path):
 
 
 def test_embedded_model_defaults_drop_its_bos_and_padding():
-    from saelib.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
+    from saelib.data.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
 
     embedded = load_model("embedded")
     tok = get_tokenizer(embedded)

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from saelib import ReLUSAE
-from saelib.checkpoint import (CheckpointError, atomic_write_bytes, flatten_state, latest_checkpoint,
+from saelib.training.checkpoint import (CheckpointError, atomic_write_bytes, flatten_state, latest_checkpoint,
                                list_checkpoints, load_checkpoint, save_checkpoint, unflatten_state)
-from saelib.train import TrainConfig, train_sae
+from saelib.training.loop import TrainConfig, train_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "train_worker.py"
@@ -70,7 +70,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 
 def test_a_crash_before_the_manifest_leaves_the_previous_checkpoint_latest(tmp_path, monkeypatch):
     _save(tmp_path, 5, value=5)
-    import saelib.checkpoint as ck
+    import saelib.training.checkpoint as ck
     real = ck.atomic_write_bytes
 
     def die_at_manifest(path, data):

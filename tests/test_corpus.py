@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from saelib.corpus import (TOPICS, corpus_splits, generate_corpus, probe_slice, sentiment_label, sentiment_score,
+from saelib.data.corpus import (TOPICS, corpus_splits, generate_corpus, probe_slice, sentiment_label, sentiment_score,
                            vocabulary, word_tokens)
-from saelib.tokenizer import WordTokenizer
+from saelib.data.tokenizer import WordTokenizer
 
 
 def test_deterministic_for_a_seed():

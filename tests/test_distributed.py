@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saelib.checkpoint import list_checkpoints
-from saelib.distributed import DistInfo, all_gather_cat, all_reduce, init_distributed, unwrap
-from saelib.train import train_sae
+from saelib.training.checkpoint import list_checkpoints
+from saelib.training.distributed import DistInfo, all_gather_cat, all_reduce, init_distributed, unwrap
+from saelib.training.loop import train_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("ddp_worker", ROOT / "tests" / "ddp_worker.py")

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from saelib.corpus import probe_slice
-from saelib.embedded_model import (EmbeddedModelConfig, N_CHECK_ROWS, bigram_entropy, heldout_tokens,
+from saelib.data.corpus import probe_slice
+from saelib.data.embedded_model import (EmbeddedModelConfig, N_CHECK_ROWS, bigram_entropy, heldout_tokens,
                                    load_embedded_model, lm_loss, train_embedded_model, unigram_entropy)
-from saelib.tokenizer import WordTokenizer
+from saelib.data.tokenizer import WordTokenizer
 
 
 @pytest.fixture(scope="module")

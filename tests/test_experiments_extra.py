@@ -1,6 +1,6 @@
 import pytest
 
-from saelib.experiments import TOPK_KS, frontier_specs
+from saelib.lab.experiments import TOPK_KS, frontier_specs
 
 
 def test_topk_frontier_keeps_the_shared_ks_without_max_k():
@@ -26,7 +26,7 @@ def test_lm_cache_key_follows_the_model_weights():
     """Retraining (or swapping) the model must not reuse activations cached from other weights."""
     import torch
 
-    from saelib.experiments import model_fingerprint
+    from saelib.lab.experiments import model_fingerprint
 
     def model(seed):
         torch.manual_seed(seed)

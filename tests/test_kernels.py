@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from saelib.kernels import KERNEL_SUPPORT, KERNELS, fraction_in_window, get_kernel
-from saelib.ste import jumprelu, jumprelu_with_l0, step_l0
+from saelib.models.kernels import KERNEL_SUPPORT, KERNELS, fraction_in_window, get_kernel
+from saelib.models.ste import jumprelu, jumprelu_with_l0, step_l0
 
 
 @pytest.fixture(autouse=True)

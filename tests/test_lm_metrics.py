@@ -4,12 +4,12 @@ import warnings
 import pytest
 import torch
 
-from saelib.activations import kept_activations
-from saelib.embedded_model import lm_loss
-from saelib.lm_metrics import evaluate_lm, loss_recovered
-from saelib.normalization import estimate_scale
-from saelib.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
-from saelib.relu import ReLUSAE
+from saelib.data.activations import kept_activations
+from saelib.data.embedded_model import lm_loss
+from saelib.eval.lm_metrics import evaluate_lm, loss_recovered
+from saelib.data.normalization import estimate_scale
+from saelib.data.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
+from saelib.models.relu import ReLUSAE
 
 # zero-ablating each of these raises the embedded model's CE (measured: resid ~6.9, block-0 hook_z ~1.3,
 # block-0 MLP ~4.0, block-3 mlp_out ~0.06 nats); later attention/MLP sites matter far less

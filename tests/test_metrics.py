@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from saelib.metrics import (
+from saelib.eval.metrics import (
     MetricsAccumulator,
     cosine_similarity,
     dead_features,
@@ -187,7 +187,7 @@ def test_evaluate_sae_tensor_and_iterable_agree_and_respect_max_tokens():
 
 
 def test_evaluate_real_sae_runs_without_grad():
-    from saelib.relu import ReLUSAE
+    from saelib.models.relu import ReLUSAE
     sae = ReLUSAE(d_in=8, d_sae=32)
     x = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
     out = evaluate_sae(sae, x, batch_size=64)

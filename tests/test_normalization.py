@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from saelib.normalization import NORMALIZATIONS, estimate_scale
-from saelib.relu import ReLUSAE
+from saelib.data.normalization import NORMALIZATIONS, estimate_scale
+from saelib.models.relu import ReLUSAE
 
 
 @pytest.fixture

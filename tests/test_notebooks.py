@@ -88,7 +88,7 @@ def test_figures_readme_lists_exactly_the_committed_figures():
 
 
 def test_claims_readme_block_is_refreshed(tmp_path, monkeypatch):
-    from saelib.claims import README_END, README_START, Claims, update_readme
+    from saelib.lab.claims import README_END, README_START, Claims, update_readme
 
     monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
     Claims("99_test", "smoke").add("a claim", "a source", "1", "2", holds=False)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from saelib.pareto import compare_at_equal_l0, interpolate_at
+from saelib.lab.pareto import compare_at_equal_l0, interpolate_at
 
 REF = [{"l0": 100.0, "fvu": 0.1}, {"l0": 10.0, "fvu": 0.3}, {"l0": 1000.0, "fvu": 0.0}]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from saelib.pareto import compare_at_equal_l0, compare_frontiers
+from saelib.lab.pareto import compare_at_equal_l0, compare_frontiers
 
 # two frontiers whose L0 ranges barely overlap: A spans 5-10, B spans 8-200
 A = [{"l0": 5.0, "loss": 0.05}, {"l0": 10.0, "loss": 0.02}]

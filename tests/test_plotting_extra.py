@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from saelib.plotting import new_figure, plot_frequency_histogram
+from saelib.lab.plotting import new_figure, plot_frequency_histogram
 
 
 def test_frequency_histogram_counts_alive_features_and_names_the_dead():
@@ -32,7 +32,7 @@ def test_frequency_histogram_without_n_tokens_starts_at_the_rarest_feature():
 
 
 def test_log_x_frontier_labels_ticks_as_plain_numbers():
-    from saelib.plotting import plot_frontier
+    from saelib.lab.plotting import plot_frontier
 
     fig, ax = new_figure()
     rows = [{"label": "relu", "l0": 1.4, "fvu": 0.5}, {"label": "relu", "l0": 53.0, "fvu": 0.03}]

@@ -4,11 +4,11 @@ import time
 import pytest
 import torch
 
-from saelib.corpus import probe_slice
-from saelib.probe import (count_active_features, fit_probe, last_token_states, last_token_states_from_tokens,
+from saelib.data.corpus import probe_slice
+from saelib.eval.probe import (count_active_features, fit_probe, last_token_states, last_token_states_from_tokens,
                           load_hub_sentiment, probe_study, resid_post_hooks)
-from saelib.registry import load_model, tokenize_padded
-from saelib.relu import ReLUSAE
+from saelib.data.registry import load_model, tokenize_padded
+from saelib.models.relu import ReLUSAE
 
 # The raw-state probe at the last layer must reach this held-out accuracy on the embedded probe slice
 # (300 test examples, balanced: chance is 0.5). Measured 0.80 (train 0.90) with the first shipped model;

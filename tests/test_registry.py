@@ -4,8 +4,8 @@ import time
 import pytest
 import torch
 
-from saelib.corpus import probe_slice
-from saelib.registry import (MODEL_NAMES, get_tokenizer, hub_reachable, load_model, load_text_dataset,
+from saelib.data.corpus import probe_slice
+from saelib.data.registry import (MODEL_NAMES, get_tokenizer, hub_reachable, load_model, load_text_dataset,
                              model_tokenize, tokenize_padded)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from saelib import GatedSAE, JumpReLUSAE, ReLUSAE
-from saelib.sparse import Support, densify, sparse_decode, support_above
+from saelib.fast.sparse import Support, densify, sparse_decode, support_above
 
 
 def _loss_and_grads(sae, x, lam, max_density):

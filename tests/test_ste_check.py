@@ -1,4 +1,4 @@
-"""STE-versus-finite-difference checks (saelib.ste_check) and the training-time threshold monitor."""
+"""STE-versus-finite-difference checks (saelib.eval.ste_check) and the training-time threshold monitor."""
 import copy
 import math
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from saelib import JumpReLUSAE, ReLUSAE
-from saelib.monitor import ThresholdMonitor
-from saelib.ste_check import (finite_difference_threshold_gradient, gradient_agreement, sparsity_gradient_paths,
+from saelib.eval.monitor import ThresholdMonitor
+from saelib.eval.ste_check import (finite_difference_threshold_gradient, gradient_agreement, sparsity_gradient_paths,
                               ste_threshold_gradients)
-from saelib.train import TrainConfig, train_sae
+from saelib.training.loop import TrainConfig, train_sae
 
 
 def _sae_and_data(penalty="l0", n=60_000, seed=0):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from saelib.synthetic import MAGNITUDES, SyntheticActivations, feature_recovery, max_cosine_similarity
+from saelib.eval.synthetic import MAGNITUDES, SyntheticActivations, feature_recovery, max_cosine_similarity
 
 
 def test_default_configuration_shapes_and_frequencies():

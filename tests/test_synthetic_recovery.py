@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from saelib import create_sae
-from saelib.metrics import evaluate_sae
-from saelib.normalization import estimate_scale
-from saelib.synthetic import SyntheticActivations
-from saelib.train import TrainConfig, train_sae
+from saelib.eval.metrics import evaluate_sae
+from saelib.data.normalization import estimate_scale
+from saelib.eval.synthetic import SyntheticActivations
+from saelib.training.loop import TrainConfig, train_sae
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("synthetic_recovery")]  # one worker: shared cache
 

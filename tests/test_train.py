@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from saelib import GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
-from saelib.batches import TensorBatches
-from saelib.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from saelib.schedules import lr_multiplier, sparsity_coeff_at
-from saelib.train import NonFiniteError, TrainConfig, train_sae
+from saelib.training.batches import TensorBatches
+from saelib.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from saelib.training.schedules import lr_multiplier, sparsity_coeff_at
+from saelib.training.loop import NonFiniteError, TrainConfig, train_sae
 
 D_IN, D_SAE = 16, 48
 

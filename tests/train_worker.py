@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from saelib import ReLUSAE
-from saelib.batches import TensorBatches
-from saelib.train import TrainConfig, train_sae
+from saelib.training.batches import TensorBatches
+from saelib.training.loop import TrainConfig, train_sae
 
 TOTAL_STEPS = 60
 

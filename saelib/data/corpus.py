@@ -1,0 +1,433 @@
+"""The embedded corpus: short English reviews from a small seeded grammar, each labelled with its sentiment.
+
+No model or data hub is reachable by default, so saelib makes its own text (DESIGN.md §3). The grammar
+is small but has the structure an SAE should find in a real language model:
+
+  * six topics (films, restaurants, books, products, hotels, albums), each with its own entities, aspects,
+    neutral facts and topic-specific adjectives (several hundred words in all);
+  * agreement: "the plot was" / "the songs were", "my sister loves" / "my parents love",
+    "she ... her" / "he ... his", "it" / "they" for singular / plural items, "a" / "an", one tense per
+    document (past or present) with do-support in negation ("did not", "does not", "do not");
+  * sentiment carried by a lexicon of positive and negative words, *changed by context*: a negator
+    ("not", "never") anywhere before an evaluative word in its clause flips its sign, an intensifier
+    ("very", "really", ...) right before it doubles its weight. "good" therefore occurs in negative
+    reviews and "bad" in positive ones: the label is not readable from single tokens.
+
+Labelling rule (`sentiment_score`): split the text into clauses at punctuation, "but" and "and"; every
+evaluative word w of polarity p in {+1, -1} scores -p if a negator precedes it in its clause, else
+2p if an intensifier immediately precedes it, else p. The document's label is 1 if the summed score is
+> 0 and 0 if < 0; the generator never emits a tie. So "the acting was very good, but the plot was bad"
+is positive (2 - 1) and "the acting was good, but the plot was very bad" is negative (1 - 2).
+
+About a quarter of the documents are wrapped in a rating prompt, "Review: <text> Sentiment: positive."
+The *probe slice* (`probe_slice`) is a narrow part of that distribution, as IMDB reviews are of web
+text: short film reviews inside the same prompt, cut after "Sentiment:", with their labels.
+
+Public functions
+  generate_document(rng, ...)          -> Document(text, label, topic)     one document from a random.Random
+  generate_corpus(n, seed)             -> list[Document]                   deterministic for a seed
+  corpus_splits(seed, n_train, n_heldout) -> {"train": [...], "heldout": [...]}  disjoint seeded streams
+  probe_slice(n, seed, test_frac)      -> ProbeSlice(train_texts, train_labels, test_texts, test_labels)
+  sentiment_score(text) / sentiment_label(text)   the compositional labelling rule above
+  vocabulary()                         -> sorted list of every word/punctuation token the grammar can emit
+  word_tokens(text)                    -> the lower-cased word/punctuation split used everywhere
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from saelib.validation import check_choice, check_positive, check_range
+
+# ============================================================================ tokens and the labelling rule
+
+_TOKEN_RE = re.compile(r"[a-z]+|[^a-z\s]")  # words are runs of letters; every other visible character is a token
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lower-case and split into words and single punctuation characters: "Not bad." -> ["not", "bad", "."]."""
+    return _TOKEN_RE.findall(text.lower())
+
+
+POSITIVE_GENERAL = ["good", "great", "excellent", "wonderful", "superb", "lovely", "fantastic", "brilliant",
+                    "pleasant", "impressive", "outstanding", "solid", "nice", "perfect", "remarkable"]
+NEGATIVE_GENERAL = ["bad", "poor", "terrible", "awful", "dreadful", "disappointing", "mediocre", "weak",
+                    "horrible", "forgettable", "sloppy", "lousy", "annoying", "frustrating", "pointless"]
+# evaluative verbs: base form -> (third person singular present, past)
+POSITIVE_VERBS = {"love": ("loves", "loved"), "like": ("likes", "liked"), "enjoy": ("enjoys", "enjoyed"),
+                  "adore": ("adores", "adored"), "recommend": ("recommends", "recommended")}
+NEGATIVE_VERBS = {"hate": ("hates", "hated"), "dislike": ("dislikes", "disliked")}
+
+EVALUATION_VERBS = {1: ["love", "like", "enjoy", "adore"], -1: ["hate", "dislike"]}  # "recommend": verdicts only
+NEGATORS = ["not", "never"]
+INTENSIFIERS = ["very", "really", "extremely", "truly", "incredibly", "genuinely", "highly"]
+_CLAUSE_BREAKS = {".", ",", ";", "!", "?", ":", "but", "and"}
+
+
+# ============================================================================ the lexicon, topic by topic
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    kinds: list[str]                       # what the entity is: "film", "comedy", ... (singular)
+    entities: list[str]                    # names of the reviewed things
+    aspects: list[tuple[str, bool]]        # (noun, is_plural)
+    positive: list[str]                    # topic-specific evaluative adjectives
+    negative: list[str]
+    facts: list[str]                       # neutral sentence templates, see _fill
+
+
+FEMALE = ["Anna", "Maria", "Sofia", "Emma", "Laura", "Clara", "Julia", "Nina", "Rosa", "Alice", "Helen",
+          "Grace", "Lucy", "Maya", "Eva", "Irene", "Hannah", "Leila", "Ines", "Olga"]
+MALE = ["David", "Tom", "Peter", "Marco", "Jonas", "Oliver", "Samuel", "Daniel", "Leo", "Hugo", "Victor",
+        "Omar", "Felix", "Adam", "Lucas", "Henry", "Ivan", "Kenji", "Pablo", "Ravi"]
+SURNAMES = ["Berg", "Castillo", "Novak", "Lindqvist", "Okafor", "Tanaka", "Moreau", "Fischer", "Rossi",
+            "Kowalski", "Haddad", "Silva", "Jensen", "Moretti", "Petrov", "Nakamura", "Dubois", "Adler"]
+RELATIVES = [("friend", "friends"), ("sister", "sisters"), ("brother", "brothers"), ("cousin", "cousins"),
+             ("colleague", "colleagues"), ("neighbour", "neighbours"), ("son", "sons"), ("daughter", "daughters")]
+PLURAL_ONLY_RELATIVES = ["parents", "kids", "grandparents", "roommates"]
+TIMES = ["last week", "last month", "yesterday", "on friday", "on sunday", "over the weekend", "in march",
+         "in october", "during the holidays", "last summer", "a few days ago", "after work"]
+PLACES = ["a small town", "a fishing village", "a big city", "the mountains", "a quiet suburb", "an island",
+          "the desert", "a seaside town", "an old castle", "a busy harbour"]
+CITIES = ["Lisbon", "Vienna", "Kyoto", "Oslo", "Marseille", "Krakow", "Seville", "Dublin", "Prague", "Tunis"]
+
+TOPICS = [
+    Topic(
+        "film", ["film", "movie", "thriller", "comedy", "drama", "documentary", "western", "musical"],
+        ["Night Harbor", "The Long Road", "Silver Creek", "Paper Moon", "Northern Lights", "The Last Summer",
+         "Winter Garden", "Glass River", "The Hidden Hour", "Red Horizon", "Stone Bridge", "Falling Water"],
+        [("plot", False), ("acting", False), ("script", False), ("ending", False), ("soundtrack", False),
+         ("dialogue", False), ("cast", False), ("director", False), ("special effects", True),
+         ("actors", True), ("jokes", True), ("scenes", True), ("costumes", True), ("camera work", False)],
+        ["gripping", "funny", "moving", "clever", "stunning", "thrilling", "touching", "original"],
+        ["boring", "predictable", "tedious", "confusing", "clumsy", "silly", "bland", "slow"],
+        ["{E} is {a_kind} by {Full}.", "It is set in {place}.", "{Rel} and I watched it {time}.",
+         "The story follows a {role} who {event}.", "{Full} directed it and {Name2} wrote the music.",
+         "I saw it at the cinema {time}."],
+    ),
+    Topic(
+        "restaurant", ["restaurant", "cafe", "bistro", "diner", "pizzeria", "noodle bar"],
+        ["Casa Verde", "The Golden Spoon", "Blue Lantern", "Cafe Rosa", "The Olive Tree", "Little Saigon",
+         "The Copper Pot", "Harbor Grill", "Green Table", "The Red Door", "Maison Blanche", "Sakura House"],
+        [("food", False), ("service", False), ("soup", False), ("pasta", False), ("curry", False),
+         ("dessert", False), ("bread", False), ("atmosphere", False), ("wine", False), ("staff", True),
+         ("waiters", True), ("prices", True), ("portions", True), ("dumplings", True), ("noodles", True)],
+        ["tasty", "delicious", "fresh", "friendly", "generous", "cosy", "flavourful", "fair"],
+        ["bland", "greasy", "stale", "salty", "rude", "cold", "overpriced", "soggy"],
+        ["{E} is {a_kind} near {place}.", "We went there for dinner {time}.", "I ordered the {dish}.",
+         "{Rel} had the {dish} and I had the {dish2}.", "The chef is {Full}.", "We booked a table for four."],
+    ),
+    Topic(
+        "book", ["book", "novel", "memoir", "biography", "mystery", "cookbook", "short story collection"],
+        ["The Salt Road", "Letters from Home", "A Distant Shore", "The Iron Key", "Summer Rain",
+         "The Glass House", "Whispers in the Night", "The Lost Map", "Blue Mountains", "The Orchard"],
+        [("story", False), ("writing", False), ("ending", False), ("dialogue", False), ("pacing", False),
+         ("translation", False), ("prose", False), ("characters", True), ("chapters", True),
+         ("descriptions", True), ("twists", True)],
+        ["gripping", "moving", "clever", "beautiful", "vivid", "thoughtful", "original", "charming"],
+        ["boring", "predictable", "tedious", "confusing", "shallow", "flat", "repetitive", "dry"],
+        ["{E} is {a_kind} by {Full}.", "I read it {time}.", "{Rel} gave it to me {time}.",
+         "The story follows a {role} who {event}.", "It is set in {place}.", "It has about three hundred pages."],
+    ),
+    Topic(
+        "product", ["blender", "kettle", "lamp", "backpack", "phone", "toaster", "camera", "vacuum cleaner"],
+        ["Nova", "Orbit", "Zephyr", "Atlas", "Pico", "Lumen", "Vertex", "Comet"],
+        [("battery", False), ("screen", False), ("design", False), ("price", False), ("cable", False),
+         ("motor", False), ("lid", False), ("buttons", True), ("instructions", True), ("straps", True),
+         ("materials", True)],
+        ["reliable", "sturdy", "fast", "quiet", "handy", "elegant", "practical", "powerful"],
+        ["flimsy", "fragile", "noisy", "slow", "cheap", "clunky", "faulty", "leaky"],
+        ["I bought the {E} {kind} {time}.", "It came in a small box.", "{Rel} and I use it every day.",
+         "I use it in the kitchen.", "It arrived {time}.", "The {kind} comes in three colours."],
+    ),
+    Topic(
+        "hotel", ["hotel", "hostel", "guesthouse", "resort", "inn"],
+        ["Hotel Aurora", "The Grand Palace", "Seaview Inn", "Hotel Central", "The Old Mill", "Villa Sol",
+         "Park Lodge", "The White Tower", "Hotel Mirador", "The Harbour House"],
+        [("room", False), ("bed", False), ("breakfast", False), ("location", False), ("view", False),
+         ("pool", False), ("bathroom", False), ("staff", True), ("rooms", True), ("beds", True),
+         ("towels", True), ("prices", True)],
+        ["clean", "comfortable", "spacious", "quiet", "friendly", "bright", "cosy", "helpful"],
+        ["dirty", "cramped", "noisy", "rude", "dark", "shabby", "smelly", "overpriced"],
+        ["{Rel} and I stayed at {E} in {City} {time}.", "{E} is {a_kind} in {City}.", "We stayed for three nights.",
+         "The {kind} is close to the station.", "We arrived late in the evening.", "The owner is {Full}."],
+    ),
+    Topic(
+        "album", ["album", "record", "live album", "debut album", "single"],
+        ["Midnight Radio", "Golden Hour", "Paper Hearts", "Electric Sea", "Late Dancing", "Northern Sky",
+         "Velvet Rooms", "Wild Flowers", "Neon Nights", "Open Roads"],
+        [("voice", False), ("production", False), ("guitar", False), ("rhythm", False), ("title track", False),
+         ("chorus", False), ("songs", True), ("lyrics", True), ("melodies", True), ("vocals", True),
+         ("drums", True)],
+        ["catchy", "beautiful", "haunting", "fresh", "powerful", "warm", "uplifting", "original"],
+        ["repetitive", "dull", "shallow", "harsh", "thin", "messy", "bland", "flat"],
+        ["{E} is the new {kind} by {Full}.", "I listened to it {time}.", "{Rel} played it in the car.",
+         "It has twelve songs.", "{Full} recorded it in {City}.", "I heard it on the radio {time}."],
+    ),
+]
+TOPIC_NAMES = [t.name for t in TOPICS]
+
+ROLES = [("young doctor", "F"), ("retired teacher", "M"), ("lonely painter", "F"), ("police officer", "M"),
+         ("farmer", "M"), ("singer", "F"), ("journalist", "F"), ("soldier", "M"), ("widow", "F"),
+         ("fisherman", "M")]
+EVENTS = ["leaves {pos} village", "returns to {pos} family", "loses {pos} job", "searches for {pos} brother",
+          "moves to the city", "finds an old letter", "meets an old friend", "keeps a secret from {pos} friends"]
+DISHES = ["soup", "pasta", "curry", "fish", "salad", "steak", "noodles", "dumplings", "pizza", "risotto"]
+
+
+# ============================================================================ the grammar
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    label: int        # 1 positive, 0 negative (from `sentiment_score`)
+    topic: str
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _be(plural: bool, past: bool) -> str:
+    return ("were" if plural else "was") if past else ("are" if plural else "is")
+
+
+def _do(plural: bool, past: bool) -> str:
+    return "did" if past else ("do" if plural else "does")
+
+
+def _verb(base: str, plural: bool, past: bool) -> str:
+    third_singular, past_form = {**POSITIVE_VERBS, **NEGATIVE_VERBS}[base]
+    return past_form if past else (base if plural else third_singular)
+
+
+class _Writer:
+    """Holds one document's fixed choices (topic, tense, entity, kind) and writes its sentences."""
+
+    def __init__(self, rng: random.Random, topic: Topic):
+        self.rng, self.topic = rng, topic
+        self.past = rng.random() < 0.6
+        self.entity = rng.choice(topic.entities)
+        self.kind = rng.choice(topic.kinds)
+
+    # --- people -----------------------------------------------------------------------------------
+    def subject(self) -> tuple[str, bool]:
+        """A sentence subject and whether it is grammatically plural (drives verb agreement)."""
+        r = self.rng.random()
+        if r < 0.35:
+            return "I", True                  # "I" takes the plural verb form: I love / I do not
+        if r < 0.5:
+            return "we", True
+        if r < 0.7:
+            sing, plur = self.rng.choice(RELATIVES)
+            return ("my " + plur, True) if self.rng.random() < 0.4 else ("my " + sing, False)
+        if r < 0.8:
+            return "my " + self.rng.choice(PLURAL_ONLY_RELATIVES), True
+        return self.rng.choice(FEMALE + MALE), False
+
+    def relative(self) -> str:
+        sing, plur = self.rng.choice(RELATIVES)
+        return "My " + self.rng.choice([sing, plur])
+
+    def full_name(self) -> str:
+        return self.rng.choice(FEMALE + MALE) + " " + self.rng.choice(SURNAMES)
+
+    # --- evaluative clauses -------------------------------------------------------------------------
+    def adjective(self, polarity: int) -> str:
+        own = self.topic.positive if polarity > 0 else self.topic.negative
+        general = POSITIVE_GENERAL if polarity > 0 else NEGATIVE_GENERAL
+        return self.rng.choice(own if self.rng.random() < 0.6 else general)
+
+    def evaluation(self, polarity: int) -> str:
+        """A clause whose score has sign `polarity`: a direct word (maybe intensified) or a negated opposite."""
+        rng = self.rng
+        negate = rng.random() < 0.35
+        word_polarity = -polarity if negate else polarity
+        neg = "not " if negate else ""
+        intens = "" if negate or rng.random() < 0.65 else rng.choice(INTENSIFIERS[:-1]) + " "  # not "highly"
+        verb_intens = intens and rng.choice(["really ", "truly "])                              # "really loved"
+        aspect, plural = rng.choice(self.topic.aspects)
+        form = rng.random()
+        if form < 0.45:                                   # the plot was (very | not) gripping
+            adj = self.adjective(word_polarity)
+            return f"the {aspect} {_be(plural, self.past)} {neg}{intens}{adj}"
+        if form < 0.75:                                   # my sister (really) loved / did not like the soup
+            subj, subj_plural = self.subject()
+            verb = rng.choice(EVALUATION_VERBS[word_polarity])
+            if negate:
+                return f"{subj} {_do(subj_plural, self.past)} not {verb} the {aspect}"
+            return f"{subj} {verb_intens}{_verb(verb, subj_plural, self.past)} the {aspect}"
+        if form < 0.9:                                    # it was (not) a (really) clever film
+            head = intens + self.adjective(word_polarity)
+            return f"it {_be(False, self.past)} {neg}{_article(head)} {head} {self.kind}"
+        subj, subj_plural = self.subject()                # my parents thought the rooms were not clean
+        adj = self.adjective(word_polarity)
+        think = "thought" if self.past else ("think" if subj_plural else "thinks")
+        return f"{subj} {think} the {aspect} {_be(plural, self.past)} {neg}{intens}{adj}"
+
+    def verdict(self, polarity: int) -> str:
+        rng = self.rng
+        if rng.random() < 0.5:
+            if polarity > 0:
+                return f"Overall, I would {rng.choice(['', '', 'highly ', 'really '])}recommend it."
+            return f"Overall, I would {rng.choice(NEGATORS)} recommend it."
+        return "Overall, " + self.evaluation(polarity) + "."
+
+    # --- neutral facts ------------------------------------------------------------------------------
+    def fact(self) -> str:
+        rng = self.rng
+        role, gender = rng.choice(ROLES)
+        event = rng.choice(EVENTS).format(pos="her" if gender == "F" else "his")
+        dish, dish2 = rng.sample(DISHES, 2)
+        template = rng.choice(self.topic.facts)
+        return template.format(
+            E=self.entity, kind=self.kind, a_kind=f"{_article(self.kind)} {self.kind}", Full=self.full_name(),
+            Name2=rng.choice(FEMALE + MALE), place=rng.choice(PLACES), City=rng.choice(CITIES), time=rng.choice(TIMES), Rel=self.relative(),
+            role=role, event=event, dish=dish, dish2=dish2)
+
+
+def _sentence(clause: str) -> str:
+    clause = clause.strip()
+    return clause[0].upper() + clause[1:] + ("" if clause.endswith(".") else ".")
+
+
+def generate_document(rng: random.Random, topic: str | None = None, prompt_rate: float = 0.25,
+                      n_evaluations: tuple[int, int] = (1, 3), n_facts: tuple[int, int] = (0, 2),
+                      contrast_rate: float = 0.4) -> Document:
+    """One labelled review. Sentences: facts, evaluations (optionally one contrast "..., but ..."), verdict.
+
+    The target polarity is drawn first and every evaluation is written to carry it, except the contrast
+    clause which carries the opposite one; the label is then read back from the text with
+    `sentiment_score` (ties are redrawn), so the label always follows the compositional rule.
+    """
+    if topic is not None:
+        check_choice("topic", topic, TOPIC_NAMES)
+    while True:
+        t = TOPICS[TOPIC_NAMES.index(topic)] if topic else rng.choice(TOPICS)
+        w = _Writer(rng, t)
+        polarity = rng.choice([1, -1])
+        sentences = [w.fact() for _ in range(rng.randint(*n_facts))]
+        for _ in range(rng.randint(*n_evaluations)):
+            if rng.random() < contrast_rate:
+                sentences.append(_sentence(w.evaluation(polarity) + ", but " + w.evaluation(-polarity)))
+            else:
+                sentences.append(_sentence(w.evaluation(polarity)))
+        rng.shuffle(sentences)
+        sentences.append(w.verdict(polarity))
+        body = " ".join(sentences)
+        score = sentiment_score(body)
+        if score == 0:
+            continue
+        label = int(score > 0)
+        if rng.random() < prompt_rate:
+            body = f"Review: {body} Sentiment: {'positive' if label else 'negative'}."
+        return Document(body, label, t.name)
+
+
+def sentiment_score(text: str) -> int:
+    """The compositional rule (module docstring): sum over evaluative words of +-1, flipped by a preceding
+    negator in the clause, doubled by an intensifier right before. Text after "Sentiment:" is ignored."""
+    tokens = word_tokens(text)
+    if "sentiment" in tokens:
+        tokens = tokens[: tokens.index("sentiment")]
+    score, negated, previous = 0, False, None
+    for tok in tokens:
+        if tok in _CLAUSE_BREAKS:
+            negated = False
+        elif tok in NEGATORS:
+            negated = True
+        elif tok in POLARITY:
+            p = POLARITY[tok]
+            score += -p if negated else (2 * p if previous in INTENSIFIERS else p)
+        previous = tok
+    return score
+
+
+def sentiment_label(text: str) -> int:
+    score = sentiment_score(text)
+    if score == 0:
+        raise ValueError(f"text has sentiment score 0 (no evaluative words, or they cancel): {text!r}")
+    return int(score > 0)
+
+
+# The polarity of every evaluative word. A word evaluative in one topic is evaluative everywhere.
+POLARITY: dict[str, int] = {}
+for _sign, _adjectives, _verbs in ((1, POSITIVE_GENERAL, POSITIVE_VERBS), (-1, NEGATIVE_GENERAL, NEGATIVE_VERBS)):
+    for _w in _adjectives + [w for t in TOPICS for w in (t.positive if _sign > 0 else t.negative)]:
+        assert POLARITY.get(_w, _sign) == _sign, f"{_w!r} is listed as both positive and negative"
+        POLARITY[_w] = _sign
+    for _base, _forms in _verbs.items():
+        POLARITY.update({v: _sign for v in (_base, *_forms)})
+_names = {w for n in FEMALE + MALE + SURNAMES + [e for t in TOPICS for e in t.entities] for w in word_tokens(n)}
+_clash = _names & (set(POLARITY) | set(NEGATORS) | set(INTENSIFIERS))
+assert not _clash, f"names would carry sentiment: {_clash}"
+
+
+# ============================================================================ corpora and the probe slice
+
+def generate_corpus(n: int, seed: int = 0, **kwargs) -> list[Document]:
+    """`n` documents from `random.Random(seed)`: the same list for the same seed on every platform."""
+    check_positive("n", n, integer=True)
+    rng = random.Random(seed)
+    return [generate_document(rng, **kwargs) for _ in range(n)]
+
+
+def corpus_splits(seed: int = 0, n_train: int = 20_000, n_heldout: int = 2_000) -> dict[str, list[Document]]:
+    """Train and held-out documents from two independent seeded streams (2 * seed and 2 * seed + 1)."""
+    return {"train": generate_corpus(n_train, seed=2 * seed), "heldout": generate_corpus(n_heldout, seed=2 * seed + 1)}
+
+
+PROBE_TOPIC = "film"
+PROBE_TEMPLATE = "Review: {review} Sentiment:"
+
+
+@dataclass
+class ProbeSlice:
+    train_texts: list[str]
+    train_labels: list[int]
+    test_texts: list[str]
+    test_labels: list[int]
+
+
+def probe_slice(n: int = 1200, seed: int = 1234, test_frac: float = 0.25, topic: str = PROBE_TOPIC) -> ProbeSlice:
+    """Short reviews of one topic inside the fixed prompt "Review: ... Sentiment:", labels balanced.
+
+    The model is to be read at the last token (":"), where a model trained on this corpus predicts the
+    sentiment word. Reviews are 1–2 evaluations and a verdict, no neutral facts, never the prompt twice.
+    """
+    check_positive("n", n, integer=True)
+    check_range("test_frac", test_frac, 0.0, 1.0, inclusive=False)
+    rng = random.Random(seed)
+    wanted = {0: n // 2, 1: n - n // 2}                # balanced labels
+    examples: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    while len(examples) < n:
+        doc = generate_document(rng, topic=topic, prompt_rate=0.0, n_evaluations=(1, 2), n_facts=(0, 0))
+        if doc.text not in seen and wanted[doc.label] > 0:   # no duplicates: train and test never share a text
+            seen.add(doc.text)
+            wanted[doc.label] -= 1
+            examples.append((PROBE_TEMPLATE.format(review=doc.text), doc.label))
+    rng.shuffle(examples)
+    n_test = max(1, round(n * test_frac))
+    test, train = examples[:n_test], examples[n_test:]
+    return ProbeSlice([t for t, _ in train], [y for _, y in train], [t for t, _ in test], [y for _, y in test])
+
+
+# ============================================================================ vocabulary
+
+def vocabulary() -> list[str]:
+    """Every token the grammar can emit (sorted), gathered from the word lists and templates above."""
+    strings: list[str] = []
+    for t in TOPICS:
+        strings += [t.name, *t.kinds, *t.entities, *t.positive, *t.negative, *t.facts]
+        strings += [a for a, _ in t.aspects]
+    strings += POSITIVE_GENERAL + NEGATIVE_GENERAL + NEGATORS + INTENSIFIERS + FEMALE + MALE + SURNAMES
+    strings += list(POLARITY)
+    strings += [w for pair in RELATIVES for w in pair] + PLURAL_ONLY_RELATIVES + TIMES + PLACES + CITIES
+    strings += [r for r, _ in ROLES] + EVENTS + DISHES
+    # the glue words written by _Writer and the prompt
+    strings += ["I we my the a an it they them was were is are did do does think thinks thought her his",
+                "Overall, I would recommend , but . Review: Sentiment: positive negative"]
+    return sorted({w for s in strings for w in word_tokens(re.sub(r"\{\w+\}", " ", s))})  # drop {placeholders}

@@ -1,0 +1,141 @@
+"""Does the model still work with the SAE in it? Cross-entropy with the SAE spliced in (DESIGN.md §1).
+
+Over held-out tokens, three next-token cross-entropies (mean over predicted tokens):
+
+    CE_clean  the model as it is
+    CE_sae    the activation at `hook_name` replaced by the SAE's reconstruction:
+                  x -> SAE(s * x) / s       (s: the input scale the SAE was trained with, saelib/normalization.py)
+    CE_zero   the activation at `hook_name` replaced by zeros
+
+    delta LM loss  = CE_sae - CE_clean                              (0 for a perfect SAE)
+    loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)      (1 for a perfect SAE, 0 for a useless one)
+
+The replacement happens only at the positions the SAE was trained on (BOS and padding keep their clean
+activations, see saelib/activations.py), in both the SAE and the zero-ablation runs. Every prediction
+of a real token counts (padding targets do not), so on packed rows CE_clean is the model's usual loss. `hook_z`
+activations [.., n_heads, d_head] are flattened to n_heads * d_head for the SAE and reshaped back.
+L0 and FVU of the SAE on the same activations come for free (saelib.eval.metrics.MetricsAccumulator).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from saelib.data.activations import _check_tokens, check_hook_name, default_exclude_token_ids, keep_mask, special_token_ids
+from saelib.validation import check_positive
+from saelib.eval.metrics import MetricsAccumulator
+
+
+@dataclass
+class LMEvaluation:
+    ce_clean: float
+    ce_sae: float
+    ce_zero: float
+    delta_lm_loss: float       # CE_sae - CE_clean
+    loss_recovered: float      # (CE_zero - CE_sae) / (CE_zero - CE_clean)
+    l0: float                  # mean active features per spliced token
+    fvu: float                 # fraction of variance unexplained at the spliced positions
+    n_predictions: int         # next-token predictions the CEs average over
+    n_spliced: int             # activations replaced by the SAE
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float, min_gap: float = 1e-6) -> float:
+    """(CE_zero - CE_sae) / (CE_zero - CE_clean); ValueError when zero ablation does not raise the loss
+    (by more than `min_gap` nats), where the ratio means nothing."""
+    gap = ce_zero - ce_clean
+    if not gap > min_gap:  # also catches NaN
+        raise ValueError(f"zero-ablating the site does not raise the loss (CE_zero={ce_zero:.6f}, "
+                         f"CE_clean={ce_clean:.6f}), so loss recovered is undefined; report delta LM loss "
+                         f"(CE_sae - CE_clean = {ce_sae - ce_clean:.6f}) instead")
+    return (ce_zero - ce_sae) / gap
+
+
+def _splice_hook(replace, keep: torch.Tensor):
+    """A forward hook that rewrites the activation at the kept positions with replace(x) (x: [n_kept, d_in])."""
+    def hook(activation, hook):                                   # [batch, seq, ...]
+        flat = activation.flatten(start_dim=2)                    # [batch, seq, d_in] (hook_z: heads flattened)
+        out = flat.clone()
+        out[keep] = replace(flat[keep]).to(out.dtype)             # [n_kept, d_in]
+        return out.reshape(activation.shape)
+    return hook
+
+
+def _block_index(model, hook_name: str) -> int | None:
+    """Block whose forward contains the hook, if the rest of the model can be re-run from its input."""
+    match = re.match(r"blocks\.(\d+)\.", hook_name)
+    if match is None or model.cfg.positional_embedding_type == "shortformer":
+        return None
+    return int(match.group(1))
+
+
+@torch.no_grad()
+def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tensor, *, scale: float = 1.0,
+                batch_size: int = 16, exclude_token_ids: Sequence[int] | None = None,
+                pad_token_id: int | None = None, progress: bool = False) -> LMEvaluation:
+    """Clean, SAE-spliced and zero-ablated CE over `tokens` [n_seq, seq_len], batch_size sequences at a time.
+
+    `scale` is the input scale s the SAE was trained with (1.0 for an SAE whose scale is folded in).
+    The SAE replaces activations except at `exclude_token_ids` (default: BOS and padding); predictions
+    of `pad_token_id` targets are left out of every CE (defaults: saelib.data.registry.get_tokenizer).
+    Raises ValueError (via `loss_recovered`) when zero-ablating the site does not raise the loss.
+    """
+    _check_tokens(tokens)
+    check_hook_name(model, hook_name)
+    check_positive("scale", scale)
+    check_positive("batch_size", batch_size, integer=True)
+    if exclude_token_ids is None:
+        exclude_token_ids = default_exclude_token_ids(model)
+    if pad_token_id is None:
+        pad_token_id = special_token_ids(model)[1]
+    device = model.cfg.device
+    sae_param = next(sae.parameters())
+    metrics = MetricsAccumulator()
+    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    n_predictions = 0
+    layer = _block_index(model, hook_name)
+
+    def reconstruct(x):                                           # x: [n, d_in], model space
+        x_scaled = (x * scale).to(sae_param.dtype)                # normalise
+        f = sae.encode(x_scaled)                                  # [n, d_sae]
+        x_hat_scaled = sae.decode(f)                              # [n, d_in]
+        metrics.update(x_scaled, x_hat_scaled, f)
+        return x_hat_scaled / scale                               # back to the model's space
+
+    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="LM eval", disable=not progress):
+        batch = tokens[start:start + batch_size].to(device)                       # [b, seq]
+        keep = keep_mask(batch, exclude_token_ids)                                # [b, seq] splice here
+        targets = batch[:, 1:] != pad_token_id                                    # [b, seq-1] score these
+        n_predictions += int(targets.sum())
+
+        # clean run; keep the residual entering the hook's block to restart the other two runs there
+        stored = {}
+        fwd_hooks = []
+        if layer is not None:
+            fwd_hooks = [(f"blocks.{layer}.hook_resid_pre", lambda act, hook: stored.setdefault("resid", act))]
+        clean = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
+        sums["clean"] += clean[targets].double().sum().item()
+
+        for name, replace in (("sae", reconstruct), ("zero", torch.zeros_like)):
+            fwd_hooks = [(hook_name, _splice_hook(replace, keep))]
+            if layer is None:
+                loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
+            else:
+                loss = model.run_with_hooks(stored["resid"], start_at_layer=layer, tokens=batch,
+                                            return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
+            sums[name] += loss[targets].double().sum().item()                    # loss: [b, seq-1]
+
+    if n_predictions == 0:
+        raise ValueError("tokens hold no next-token predictions of non-padding tokens")
+    ce = {k: v / n_predictions for k, v in sums.items()}
+    recovered = loss_recovered(ce["clean"], ce["sae"], ce["zero"])              # raises if undefined
+    m = metrics.compute()
+    return LMEvaluation(ce_clean=ce["clean"], ce_sae=ce["sae"], ce_zero=ce["zero"],
+                        delta_lm_loss=ce["sae"] - ce["clean"], loss_recovered=recovered,
+                        l0=m["l0"], fvu=m["fvu"], n_predictions=n_predictions, n_spliced=m["n_tokens"])

@@ -1,0 +1,88 @@
+"""What the first cell after a notebook's `parameters` cell calls: validate every parameter (a bad value
+passed through papermill stops the notebook right there, naming the parameter and the allowed values),
+seed everything, and resolve the scale.
+
+    settings = check_parameters(scale=scale, seed=seed, device=device, model=model, hook=hook)
+    check_each("kernels", kernels, KERNELS)
+    check_coefficients("sparsity_coeffs", sparsity_coeffs)
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from saelib.validation import check_choice, check_positive
+from saelib.lab.scales import PRESETS, Scale, get_scale
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class Settings:
+    scale: Scale
+    seed: int
+    device: str
+    model: str
+    hook: str | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> str:
+    check_choice("device", device, DEVICES)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available; allowed here: 'cpu', 'auto'")
+    return device
+
+
+def check_parameters(*, scale: str, seed: int, device: str = "cpu", model: str = "embedded",
+                     hook: str | None = None, **scale_overrides) -> Settings:
+    """Validate the common parameters, seed python/numpy/torch, and return the resolved settings.
+
+    `scale_overrides` (e.g. train_steps=None or 3000) replace fields of the scale preset when not None.
+    """
+    from saelib.data.registry import MODEL_NAMES
+
+    check_choice("scale", scale, PRESETS)
+    check_positive("seed", seed, allow_zero=True, integer=True)
+    check_choice("model", model, MODEL_NAMES)
+    if hook is not None and not isinstance(hook, str):
+        raise ValueError(f"hook={hook!r} must be a transformer_lens hook name such as 'blocks.2.hook_resid_post'")
+    for name, value in scale_overrides.items():
+        if value is not None:
+            check_positive(name, value, integer=True)
+    seed_everything(seed)
+    return Settings(get_scale(scale, **scale_overrides), seed, resolve_device(device), model, hook)
+
+
+def check_each(name: str, values: Iterable[Any], allowed: Iterable[Any]) -> list:
+    """Every element of a list parameter must be one of `allowed`."""
+    values, allowed = list(values), tuple(allowed)
+    if not values:
+        raise ValueError(f"{name}=[] must not be empty; allowed elements: {', '.join(map(repr, allowed))}")
+    for v in values:
+        if v not in allowed:
+            raise ValueError(f"{name} contains {v!r}, which is not allowed; allowed elements: "
+                             f"{', '.join(map(repr, allowed))}")
+    return values
+
+
+def check_coefficients(name: str, values: Iterable[float], *, allow_zero: bool = False) -> list[float]:
+    """A non-empty list of numbers > 0 (>= 0 with allow_zero)."""
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name}=[] must not be empty; allowed: a list of numbers > 0")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0 or (v == 0 and not allow_zero):
+            raise ValueError(f"{name} contains {v!r}; allowed: numbers {'>=' if allow_zero else '>'} 0")
+    return [float(v) for v in values]

@@ -1,0 +1,105 @@
+"""Straight-through estimators for JumpReLU SAEs (JumpReLU paper, §4, eqs. 11-12).
+
+Forward, with pre-activations z [batch, d_sae] and thresholds theta [d_sae]:
+    JumpReLU_theta(z) = z * H(z - theta)                       # eq. 4
+    L0 term           = sum_i H(z_i - theta_i)                 # eq. 6, averaged over the batch
+Backward (pseudo-derivatives; K a kernel, eps the bandwidth):
+    d/dz     JumpReLU_theta(z) := H(z - theta)
+    d/dtheta JumpReLU_theta(z) := -(theta / eps) K((z - theta) / eps)   # eq. 11
+    d/dz     H(z - theta)      := 0          (the L0 term trains theta only)
+    d/dtheta H(z - theta)      := -(1 / eps) K((z - theta) / eps)       # eq. 12
+The kernel window is centred on the *pre-activation* z at the threshold, u = (z - theta) / eps.
+
+Both outputs come from one autograd function so the kernel is evaluated once per backward pass:
+    grad_theta_i = sum_b K(u_bi) * ( -(theta_i / eps_i) * grad_f_bi  -  (1 / eps_i) * grad_l0 / batch )
+A kernel with compact support (rectangle, triangular, Epanechnikov) is zero outside the window
+|z - theta| < support * eps, which holds only a few pre-activations per feature; on CPU the kernel is
+evaluated there only (no [batch, d_sae] temporaries). On GPU, and for the Gaussian kernels, it is
+evaluated densely (a sparse gather would cost a host synchronisation there).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from saelib.models.base import keep_where_positive
+from saelib.models.kernels import KERNEL_SUPPORT, get_kernel
+
+
+class JumpReLUWithL0(torch.autograd.Function):
+    """(z, theta, eps) -> (f = JumpReLU_theta(z) [batch, d_sae], mean L0 per token (scalar))."""
+
+    @staticmethod
+    def forward(ctx, z, theta, eps, kernel_name: str, inplace: bool, batch: int | None):
+        u = z - theta                                        # [batch, d_sae]; H(z - theta) = H(u), exactly
+        if inplace:                                          # eq. 4: z * H(z - theta), written over z
+            ctx.mark_dirty(z)
+            f = torch.ops.aten.threshold_backward.grad_input(z, u, 0, grad_input=z)
+        else:
+            f = keep_where_positive(z, u)                    # eq. 4: z * H(z - theta)
+        ctx.batch = z.shape[0] if batch is None else batch
+        l0 = torch.count_nonzero(u > 0).to(f.dtype) / ctx.batch   # eq. 6, mean over the batch
+        ctx.save_for_backward(u, theta, eps)                 # z itself is not needed again
+        ctx.kernel_name = kernel_name
+        return f, l0
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_l0):
+        u, theta, eps = ctx.saved_tensors
+        grad_z = grad_theta = None
+        if grad_f is not None and ctx.needs_input_grad[0]:
+            grad_z = keep_where_positive(grad_f, u)         # d/dz JumpReLU := H(z - theta)
+        if ctx.needs_input_grad[1]:
+            batch, d_sae = ctx.batch, u.shape[1]
+            theta, eps = theta.expand(d_sae), eps.expand(d_sae)                  # [d_sae]
+            support = KERNEL_SUPPORT[ctx.kernel_name]
+            if u.device.type == "cpu" and math.isfinite(support):
+                # the pre-activations inside the kernel's window (a hair wider: K itself decides the edge)
+                half = window_half_width(ctx.kernel_name, eps)
+                b, i = ((u > -half) & (u < half)).nonzero(as_tuple=True)
+                u, theta, eps = u[b, i], theta[i], eps[i]                        # [n_window]
+                if grad_f is not None:
+                    grad_f = grad_f[b, i]
+            k = get_kernel(ctx.kernel_name)(u / eps)         # K((z - theta) / eps), centred on the threshold
+            # per-element weight on K(u): -(theta/eps) * grad_f  (eq. 11)  -(1/eps) * grad_l0/batch (eq. 12)
+            g = torch.zeros((), dtype=u.dtype, device=u.device)
+            if grad_f is not None:
+                g = g - (theta / eps) * grad_f
+            if grad_l0 is not None:
+                g = g - grad_l0 / (eps * batch)
+            if u.dim() == 1:                                 # window entries: add each to its feature
+                grad_theta = torch.zeros(d_sae, dtype=u.dtype, device=u.device).index_add_(0, i, k * g)
+            else:
+                grad_theta = (k * g).sum(0)                  # [d_sae]
+        return grad_z, grad_theta, None, None, None, None
+
+
+def window_half_width(kernel: str, eps: torch.Tensor) -> torch.Tensor:
+    """How far from the threshold K((z - theta) / eps) can be non-zero: support * eps, a hair wider (the
+    kernel itself decides the edge). Infinite for the Gaussian kernels."""
+    return 1.001 * KERNEL_SUPPORT[kernel] * eps
+
+
+def jumprelu_with_l0(z: torch.Tensor, theta: torch.Tensor, eps: torch.Tensor | float,
+                     kernel: str = "rectangle", inplace: bool = False,
+                     batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """f = JumpReLU_theta(z) and the batch-mean L0, both with the paper's pseudo-derivatives.
+
+    inplace=True writes f over z, which must be a temporary that nothing else uses (a freshly computed
+    pre-activation): one [batch, d_sae] tensor less per training step.
+    batch: the number of tokens the L0 is averaged over, if not z.shape[0] (a sparse step passes the
+    selected pre-activations as one [1, nnz] row, with theta and eps gathered to match).
+    """
+    eps = torch.as_tensor(eps, dtype=z.dtype, device=z.device)
+    return JumpReLUWithL0.apply(z, theta, eps, kernel, inplace, batch)
+
+
+def jumprelu(z, theta, eps, kernel: str = "rectangle") -> torch.Tensor:
+    """JumpReLU_theta(z) with the pseudo-derivative of eq. 11 for theta."""
+    return jumprelu_with_l0(z, theta, eps, kernel)[0]
+
+
+def step_l0(z, theta, eps, kernel: str = "rectangle") -> torch.Tensor:
+    """Batch-mean of sum_i H(z_i - theta_i) with the pseudo-derivative of eq. 12 for theta."""
+    return jumprelu_with_l0(z, theta, eps, kernel)[1]
