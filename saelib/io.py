@@ -24,7 +24,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from saelib.files import atomic_write, atomic_write_text
 from saelib.models.architectures import ARCHITECTURES, create_sae
 from saelib.models.base import SAE
 from saelib.validation import check_choice, check_positive
@@ -205,19 +205,6 @@ def _absorb_b_dec_into_encoder(sae: SAE) -> None:
 
 # ----------------------------------------------------------------------------- files
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_sae(sae: SAE, path: str | os.PathLike, scaling_factor: float | None = None, *,
              model_name: str | None = None, hook_name: str | None = None, metadata: dict | None = None) -> Path:
     """Write `sae` to the folder `path` (created if needed) as cfg.json + sae_weights.safetensors.
@@ -225,7 +212,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, scaling_factor: float | None = N
     scaling_factor: if the SAE was trained on `scaling_factor * x` (saelib.data.normalization), it is folded
     into the weights of a copy (the live SAE is untouched), so the saved SAE acts on raw activations.
     model_name, hook_name and `metadata` (other SAELens metadata keys, e.g. context_size) go to cfg.json.
-    Each file is written to a temporary name and renamed, so a crash never leaves half a file.
+    Each file is written atomically (saelib.files), so a crash never leaves half a file.
     """
     if not isinstance(sae, SAE):
         raise ValueError(f"sae={type(sae).__name__} must be a saelib SAE")
@@ -241,15 +228,15 @@ def save_sae(sae: SAE, path: str | os.PathLike, scaling_factor: float | None = N
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(folder / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     stateful = {"bandwidths": getattr(sae, "adaptive", False),                 # else set by cfg
                 "tokens_since_fired": getattr(sae, "aux_k", None) is not None}     # used only by AuxK
     buffers = {name: b.detach().contiguous().cpu().clone() for name, b in sae.named_buffers()
                if stateful.get(name, False)}
     if buffers:                     # training state SAELens has no slot for (e.g. adapted JumpReLU bandwidths)
-        _atomic_write(folder / BUFFERS_FILENAME, lambda tmp: save_file(buffers, tmp, metadata={"format": "pt"}))
+        atomic_write(folder / BUFFERS_FILENAME, lambda tmp: save_file(buffers, tmp, metadata={"format": "pt"}))
     text = json.dumps(cfg, indent=2, allow_nan=False)
-    _atomic_write(folder / CFG_FILENAME, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(folder / CFG_FILENAME, text)
     return folder
 
 

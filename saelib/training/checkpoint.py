@@ -28,6 +28,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from saelib.files import atomic_write_bytes  # the one atomic writer (saelib/files.py); still importable from here
+from saelib.files import fsync_dir as _fsync_dir
+
 FORMAT = "saelib-checkpoint/1"
 _MANIFEST = re.compile(r"^step_(\d{9})\.json$")
 _TENSORS = re.compile(r"^step_(\d{9})-[0-9a-f]{16}\.safetensors$")
@@ -35,35 +38,6 @@ _TENSORS = re.compile(r"^step_(\d{9})-[0-9a-f]{16}\.safetensors$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, modified, or not in saelib's safetensors + JSON format."""
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:          # platforms that cannot open a directory (Windows): rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- nested state <-> tensors + JSON
