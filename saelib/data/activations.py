@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from saelib.progress import tqdm
 
 from saelib.training import distributed as D
 from saelib.validation import check_choice, check_positive, check_range

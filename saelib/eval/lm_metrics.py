@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from saelib.progress import tqdm
 
 from saelib.data.activations import _check_tokens, check_hook_name, default_exclude_token_ids, keep_mask, special_token_ids
 from saelib.validation import check_positive

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from saelib.progress import tqdm
 
 from saelib.models.architectures import ARCHITECTURES, create_sae
 from saelib.models.base import SAE

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from saelib.progress import tqdm
 
 from saelib.training import distributed as D
 from saelib.validation import check_choice, check_positive, check_range
