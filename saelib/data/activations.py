@@ -20,7 +20,6 @@ outputs before W_O, [.., n_heads, d_head], flattened here to n_heads * d_head).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -31,8 +30,9 @@ import numpy as np
 import torch
 from saelib.progress import tqdm
 
+from saelib.files import atomic_write, atomic_write_json, read_json
 from saelib.training import distributed as D
-from saelib.validation import check_choice, check_positive, check_range
+from saelib.validation import check_choice, check_index, check_positive, check_range
 from saelib.data.normalization import NORMALIZATIONS, estimate_scale
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -193,8 +193,7 @@ class ActivationBuffer:
         rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
         check_positive("world_size", world_size, integer=True)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank!r} is out of range; allowed: an integer in [0, world_size={world_size})")
+        check_index("rank", rank, world_size)
         if cfg.batch_size % world_size:
             raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of world_size={world_size}")
         if tokens.shape[0] < world_size:
@@ -346,25 +345,59 @@ def cache_activations(model, hook_name: str, tokens: torch.Tensor, n_tokens: int
     d_in = hook_d_in(model, hook_name)
     torch_dtype = STORAGE_DTYPES[dtype]
     np_dtype = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
-    out = np.lib.format.open_memmap(path / "activations.npy", mode="w+", dtype=np_dtype, shape=(n_tokens, d_in))
 
-    written = 0
-    with tqdm(total=n_tokens, desc=f"caching {hook_name}", unit="act", disable=not progress) as bar:
-        for start in range(0, tokens.shape[0], model_batch_size):
-            acts = kept_activations(model, tokens[start:start + model_batch_size], hook_name, exclude_token_ids)
-            acts = acts[: n_tokens - written].to("cpu", torch_dtype)                 # [n, d_in]
-            bits = acts.view(torch.uint16) if dtype == "bfloat16" else acts
-            out[written:written + len(acts)] = bits.numpy()
-            written += len(acts)
-            bar.update(len(acts))
-            if written == n_tokens:
-                break
-    out.flush()
-    del out
+    def write_array(tmp: Path) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(n_tokens, d_in))
+        written = 0
+        with tqdm(total=n_tokens, desc=f"caching {hook_name}", unit="act", disable=not progress) as bar:
+            for start in range(0, tokens.shape[0], model_batch_size):
+                acts = kept_activations(model, tokens[start:start + model_batch_size], hook_name, exclude_token_ids)
+                acts = acts[: n_tokens - written].to("cpu", torch_dtype)                 # [n, d_in]
+                bits = acts.view(torch.uint16) if dtype == "bfloat16" else acts
+                out[written:written + len(acts)] = bits.numpy()
+                written += len(acts)
+                bar.update(len(acts))
+                if written == n_tokens:
+                    break
+        out.flush()
+        del out
+
+    atomic_write(path / "activations.npy", write_array)
     meta = {"hook_name": hook_name, "n_tokens": n_tokens, "d_in": d_in, "dtype": dtype,
             "model": getattr(model.cfg, "model_name", None), "exclude_token_ids": list(exclude_token_ids)}
-    (path / "meta.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_json(path / "meta.json", meta, indent=2)
     return path
+
+
+def activation_cache_complete(path: str | Path) -> bool:
+    """True when `path` holds a complete, readable cache written by `cache_activations`: meta.json parses
+    and activations.npy has the shape and dtype it records. False otherwise (missing, interrupted or
+    damaged: write it again)."""
+    try:
+        _read_cache(Path(path))
+    except ValueError:
+        return False
+    return True
+
+
+def _read_cache(path: Path) -> tuple[dict, np.ndarray]:
+    """(meta, memmapped array) of a cache folder; ValueError naming the file when anything is off."""
+    if not (path / "meta.json").exists():
+        raise ValueError(f"path={str(path)!r} holds no complete activation cache (no meta.json); "
+                         "write one with cache_activations(...)")
+    meta = read_json(path / "meta.json")
+    try:
+        n_tokens, d_in, dtype = int(meta["n_tokens"]), int(meta["d_in"]), meta["dtype"]
+        check_choice("dtype", dtype, STORAGE_DTYPES)
+        array = np.load(path / "activations.npy", mmap_mode="r")             # [n_tokens, d_in]
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: damaged activation cache ({e}); write it again with cache_activations(...)") \
+            from e
+    expected = np.dtype(np.uint16 if dtype == "bfloat16" else dtype)
+    if array.shape != (n_tokens, d_in) or array.dtype != expected:
+        raise ValueError(f"{path / 'activations.npy'}: shape {array.shape} {array.dtype}, but meta.json records "
+                         f"({n_tokens}, {d_in}) {expected}; write the cache again with cache_activations(...)")
+    return meta, array
 
 
 class ActivationCache:
@@ -379,22 +412,17 @@ class ActivationCache:
                  scale: float | None = None, n_scale: int = 2 ** 16, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
         path = Path(path)
-        if not (path / "meta.json").exists():
-            raise ValueError(f"path={str(path)!r} holds no complete activation cache (no meta.json); "
-                             "write one with cache_activations(...)")
+        self.meta, self.array = _read_cache(path)                                # array: [n_tokens, d_in]
         check_positive("batch_size", batch_size, integer=True)
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_positive("n_scale", n_scale, integer=True)
         check_positive("world_size", world_size, integer=True)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank!r} is out of range; allowed: an integer in [0, world_size={world_size})")
+        check_index("rank", rank, world_size)
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} must be a multiple of world_size={world_size}")
         self.rank, self.world_size = rank, world_size
         self.path, self.batch_size = path, batch_size
-        self.meta = json.loads((path / "meta.json").read_text())
         self.hook_name, self.d_in, self.dtype = self.meta["hook_name"], self.meta["d_in"], self.meta["dtype"]
-        self.array = np.load(path / "activations.npy", mmap_mode="r")             # [n_tokens, d_in]
         if batch_size > len(self):
             raise ValueError(f"batch_size={batch_size} is out of range; allowed: <= {len(self)} (cached activations)")
         if scale is None:

@@ -38,7 +38,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from saelib.validation import check_choice, check_positive, check_range
+from saelib.validation import check_choice, check_positive, check_range, check_seed
 
 # ============================================================================ tokens and the labelling rule
 
@@ -370,6 +370,7 @@ assert not _clash, f"names would carry sentiment: {_clash}"
 def generate_corpus(n: int, seed: int = 0, **kwargs) -> list[Document]:
     """`n` documents from `random.Random(seed)`: the same list for the same seed on every platform."""
     check_positive("n", n, integer=True)
+    check_seed(seed)
     rng = random.Random(seed)
     return [generate_document(rng, **kwargs) for _ in range(n)]
 
@@ -399,6 +400,7 @@ def probe_slice(n: int = 1200, seed: int = 1234, test_frac: float = 0.25, topic:
     """
     check_positive("n", n, integer=True)
     check_range("test_frac", test_frac, 0.0, 1.0, inclusive=False)
+    check_seed(seed)
     rng = random.Random(seed)
     wanted = {0: n // 2, 1: n - n // 2}                # balanced labels
     examples: list[tuple[str, int]] = []

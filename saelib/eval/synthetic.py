@@ -35,7 +35,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from saelib.validation import check_choice, check_positive, check_range
+from saelib.validation import check_choice, check_positive, check_range, check_seed
 
 MAGNITUDES = ("exponential", "uniform", "half_normal", "constant")
 
@@ -77,8 +77,7 @@ class SyntheticActivations:
         check_range("correlation", self.correlation, 0.0, 1.0)
         check_positive("noise_std", self.noise_std, allow_zero=True)
         check_positive("bias_norm", self.bias_norm, allow_zero=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r} must be an integer")
+        check_seed(self.seed)
 
         g = torch.Generator().manual_seed(self.seed)
         self.directions = F.normalize(torch.randn(self.n_features, self.d_in, generator=g), dim=1)
@@ -133,6 +132,8 @@ class SyntheticActivations:
         Successive calls continue one seeded stream; pass `seed` for a fixed set drawn from an
         independent stream (e.g. held-out evaluation data)."""
         check_positive("n", n, integer=True)
+        if seed is not None:
+            check_seed(seed)
         g = self._generator if seed is None else torch.Generator().manual_seed(seed)
         codes = self._codes(n, g)
         x = codes @ self.directions + self.bias                              # [n, d_in]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from saelib.models.base import SAE
 from saelib.validation import check_choice, check_positive
 from saelib.io import load_sae, save_sae
 from saelib.eval.metrics import evaluate_sae
+from saelib.files import atomic_write_json, read_json
 from saelib.lab.paths import output_dir
 from saelib.lab.scales import Scale
 from saelib.training.loop import TrainConfig, train_sae
@@ -132,7 +134,7 @@ class LMSite(Site):
     def __init__(self, model_name: str, hook: str, scale: Scale, *, seed: int = 0,
                  normalization: str = "unit_mean_squared_norm", device: str = "cpu", model=None,
                  lm_eval_tokens: int | None = None, progress: bool = True):
-        from saelib.data.activations import ActivationCache, cache_activations, hook_d_in
+        from saelib.data.activations import ActivationCache, activation_cache_complete, cache_activations, hook_d_in
         from saelib.data.registry import load_model
 
         self.model_name, self.hook, self.scale, self.seed = model_name, hook, scale, seed
@@ -150,7 +152,7 @@ class LMSite(Site):
         paths = {}
         for split, n_tokens in (("train", scale.train_tokens), ("heldout", scale.eval_tokens)):
             path = root / f"{split}_{n_tokens}"
-            if not (path / "meta.json").exists():
+            if not activation_cache_complete(path):                 # missing, interrupted or damaged
                 tokens = self._tokens(split, rows_needed[split], ctx)
                 cache_activations(self.model, hook, tokens, n_tokens, path, progress=progress)
             paths[split] = path
@@ -251,10 +253,9 @@ def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device
     cfg = train_config(spec, site.scale, seed)
     key = run_key(site, spec, cfg)
     path = output_dir(site.scale.name) / "runs" / key
-    if not force and (path / "metrics.json").exists():
-        record = json.loads((path / "metrics.json").read_text())
-        sae = load_sae(path / "sae", device=device)
-        return RunResult(spec, sae, record["metrics"], record["history"], path)
+    cached = None if force else load_cached_run(path, spec, device=device)
+    if cached is not None:
+        return cached
     d_sae = spec.d_sae or site.scale.expansion * site.d_in
     torch.manual_seed(seed)
     sae = create_sae(spec.architecture, site.d_in, d_sae, **spec.options)
@@ -264,7 +265,25 @@ def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device
     save_sae(sae, path / "sae")
     record = {"spec": asdict(spec), "site": site.key, "train": asdict(cfg), "metrics": metrics,
               "history": history}
-    (path / "metrics.json").write_text(json.dumps(record, default=str))
+    atomic_write_json(path / "metrics.json", record, default=str)      # written last: the commit point
+    return RunResult(spec, sae, metrics, history, path)
+
+
+def load_cached_run(path: Path, spec: SAESpec, *, device: str = "cpu") -> RunResult | None:
+    """The run cached in `path` (metrics.json + sae/), or None when there is none. A damaged entry
+    (truncated or corrupt JSON or weights, e.g. after a crash) is reported with a warning and also gives
+    None, so the caller retrains it instead of crashing."""
+    if not (path / "metrics.json").exists():
+        return None
+    try:
+        record = read_json(path / "metrics.json")
+        metrics, history = record["metrics"], record["history"]
+        if not isinstance(metrics, dict) or not isinstance(history, list):
+            raise ValueError(f"{path / 'metrics.json'}: metrics must be an object and history a list")
+        sae = load_sae(path / "sae", device=device)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        warnings.warn(f"run cache entry {path} is damaged ({e}); retraining it", RuntimeWarning, stacklevel=2)
+        return None
     return RunResult(spec, sae, metrics, history, path)
 
 
