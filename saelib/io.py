@@ -10,6 +10,8 @@ A saved SAE is a folder with two files:
 Parameter names (ours -> SAELens):
     standard, topk  W_enc, b_enc, W_dec, b_dec                     (same names)
     jumprelu        log_threshold -> threshold = exp(log_threshold)
+    batchtopk       threshold (the running global threshold, one value per latent) -> threshold, written as
+                    architecture "jumprelu": SAELens's own inference form of a BatchTopK SAE
     gated           W_gate -> W_enc; b_gate, r_mag, b_mag, W_dec, b_dec
                     (mag_weights="untied" also writes W_mag, which SAELens has no slot for: such a
                     folder reloads here but not in sae_lens)
@@ -46,6 +48,7 @@ _SAE_LENS_NAMES = {
     "standard": _PLAIN,
     "topk": _PLAIN,
     "jumprelu": {**_PLAIN, "threshold": "log_threshold"},
+    "batchtopk": {**_PLAIN, "threshold": "threshold"},
     "gated": {"W_enc": "W_gate", "b_gate": "b_gate", "r_mag": "r_mag", "b_mag": "b_mag",
               "W_dec": "W_dec", "b_dec": "b_dec"},
 }
@@ -77,14 +80,15 @@ def sae_lens_state(sae: SAE, *, metadata: dict | None = None) -> tuple[dict, dic
     tensors = {}
     for lens_name, ours in _names(sae).items():
         value = getattr(sae, ours).detach()
-        if lens_name == "threshold":
+        if ours == "log_threshold":
             value = torch.exp(value)                                   # theta = exp(log_threshold)
         tensors[lens_name] = value.contiguous().cpu().clone()
     meta = {k: v for k, v in (metadata or {}).items() if v is not None}
     top_level = {k: v for k, v in meta.items() if k in METADATA_KEYS}
     hook_name = meta.get("hook_name") or ""
     cfg = {
-        "architecture": sae.architecture,
+        # SAELens saves a trained BatchTopK SAE as a JumpReLU SAE with its global threshold (no inference class)
+        "architecture": "jumprelu" if sae.architecture == "batchtopk" else sae.architecture,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": _dtype_name(sae.W_dec.dtype),
@@ -122,6 +126,10 @@ def _from_sae_lens_cfg(cfg: dict, source: str) -> tuple[str, dict]:  # source: w
         kwargs = {"d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae")}
         if architecture == "topk":
             kwargs["k"] = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+        if architecture == "batchtopk":                  # a SAELens BatchTopKTrainingSAE's config
+            kwargs["k"] = cfg.get("k")
+            if cfg.get("topk_threshold_lr") is not None:
+                kwargs["threshold_lr"] = cfg["topk_threshold_lr"]
     if architecture not in ARCHITECTURES:
         raise _fail(source, f"architecture={architecture!r} is not supported; allowed: {', '.join(ARCHITECTURES)}")
     for name in ("d_in", "d_sae"):
@@ -142,6 +150,8 @@ def sae_from_sae_lens_state(cfg: dict, tensors: dict[str, torch.Tensor], *, sour
         raise _fail(cfg_source, f"d_in={kwargs['d_in']} does not match expected_d_in={expected_d_in} "
                             f"(the width of the activations this SAE is meant for)")
     tensors = dict(tensors)
+    if architecture == "batchtopk" and "topk_threshold" in tensors:   # SAELens training state: one scalar
+        tensors["threshold"] = tensors.pop("topk_threshold").reshape(()).expand(kwargs["d_sae"]).clone()
     scaling = tensors.pop("scaling_factor", None)  # legacy SAELens fine-tuning scale: only all-ones is neutral
     if scaling is not None and not torch.all(scaling == 1):
         raise _fail(source, "parameter 'scaling_factor' (SAELens finetuning_scaling_factor) is not supported")
@@ -167,13 +177,14 @@ def sae_from_sae_lens_state(cfg: dict, tensors: dict[str, torch.Tensor], *, sour
     sae = sae.to(dtype)
     for lens_name, ours in names.items():
         if lens_name not in tensors:
-            raise _fail(source, f"missing parameter {lens_name!r} (architecture {architecture!r} needs {sorted(names)})")
+            raise _fail(source, f"missing parameter {lens_name!r} "
+                                f"(architecture {architecture!r} needs {sorted(names)})")
         value, target = tensors[lens_name], getattr(sae, ours)
         if tuple(value.shape) != tuple(target.shape):
-            raise _fail(source, f"parameter {lens_name!r} has shape {tuple(value.shape)}, expected {tuple(target.shape)} "
-                                f"for d_in={sae.d_in}, d_sae={sae.d_sae}")
+            raise _fail(source, f"parameter {lens_name!r} has shape {tuple(value.shape)}, "
+                                f"expected {tuple(target.shape)} for d_in={sae.d_in}, d_sae={sae.d_sae}")
         value = value.to(torch.float64 if lens_name == "threshold" else dtype)
-        if lens_name == "threshold":
+        if ours == "log_threshold":
             value = torch.log(value.clamp_min(0.0))  # theta <= 0 acts as 0 behind SAELens's ReLU; log 0 = -inf
         if ours == "r_mag" and not isinstance(target, torch.nn.Parameter) and torch.any(value != 0):
             raise _fail(source, "parameter 'r_mag' is non-zero but this Gated SAE has mag_weights='no_r_mag'")
@@ -182,7 +193,7 @@ def sae_from_sae_lens_state(cfg: dict, tensors: dict[str, torch.Tensor], *, sour
     # SAELens options that change the forward pass: convert them to our conventions
     if not cfg.get("apply_b_dec_to_input", True):
         _absorb_b_dec_into_encoder(sae)
-    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+    if architecture in ("topk", "batchtopk") and cfg.get("rescale_acts_by_decoder_norm", False):
         norms = sae.W_dec.norm(dim=1)                                 # [d_sae]
         sae.W_enc.mul_(norms)
         sae.b_enc.mul_(norms)
