@@ -1,6 +1,6 @@
 """The embedded language model: a small transformer_lens HookedTransformer trained by saelib on its own corpus.
 
-It stands in for the papers' models when no hub is reachable (DESIGN.md §3). Its weights ship with the
+It stands in for the papers' models when no hub is reachable (docs/design.md, "The embedded model"). Its weights ship with the
 package (saelib/assets/embedded_model.safetensors + embedded_model.json, a few MB) and loading never
 trains unless asked. The JSON holds the HookedTransformerConfig fields, the tokenizer vocabulary, the
 corpus and training settings, and the held-out loss and corpus entropies measured right after training.
@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from saelib.files import atomic_write, atomic_write_json
 from saelib.validation import check_positive, check_range
 from saelib.data.corpus import corpus_splits
 from saelib.data.tokenizer import WordTokenizer, pack_tokens
@@ -199,8 +200,9 @@ def save_embedded_model(model, tokenizer: WordTokenizer, record: dict, directory
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps({**record, "tokenizer": tokenizer.to_dict()}, indent=1) + "\n")
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_json(directory / CONFIG_FILE, {**record, "tokenizer": tokenizer.to_dict()}, indent=1,
+                      trailing_newline=True)                   # last: loading needs both files
 
 
 def shipped_settings(directory: Path | str = ASSETS) -> dict:

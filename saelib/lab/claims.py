@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from saelib.files import atomic_write_json, atomic_write_text
 from saelib.lab.paths import figures_dir, output_dir
 
 
@@ -41,8 +42,7 @@ class Claims:
         return item
 
     def save(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps([asdict(c) for c in self.items], indent=1))
+        atomic_write_json(self.path, [asdict(c) for c in self.items], indent=1)
         return self.path
 
     def table(self) -> str:
@@ -80,8 +80,7 @@ def assemble(scale: str) -> Path:
             f"{held} of {len(items)} claims hold on the embedded model; the others are reported as observed.\n\n"
             + markdown_table(items) + "\n")
     out = figures_dir(scale) / "CLAIMS.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write_text(out, text)
     return out
 
 
@@ -98,7 +97,7 @@ def update_readme(readme: str | Path, scale: str) -> bool:
     head, rest = text.split(README_START, 1)
     tail = rest.split(README_END, 1)[1]
     table = markdown_table(load_claims(scale))
-    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    atomic_write_text(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
     return True
 
 

@@ -13,6 +13,7 @@ from typing import Iterable, Mapping
 
 import matplotlib.pyplot as plt
 
+from saelib.files import atomic_write
 from saelib.lab.paths import figures_dir
 
 # one colour per family, used by every figure
@@ -40,9 +41,9 @@ def save_figure(fig, name: str, scale: str = "default", pdf: bool = True) -> Pat
     out = figures_dir(scale)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
-    fig.savefig(png, dpi=130)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))     # never half a figure
     if pdf:
-        fig.savefig(out / f"{name}.pdf")
+        atomic_write(out / f"{name}.pdf", lambda tmp: fig.savefig(tmp, format="pdf"))
     return png
 
 
