@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from saelib.models.base import SAE
 from saelib.validation import check_choice, check_positive
 from saelib.io import load_sae, save_sae
 from saelib.eval.metrics import evaluate_sae
-from saelib.files import atomic_write_json, read_json
 from saelib.lab.paths import output_dir
 from saelib.lab.scales import Scale
 from saelib.training.loop import TrainConfig, train_sae
@@ -85,6 +83,7 @@ class RunResult:
     metrics: dict          # floats (and the feature frequencies as a list)
     history: list[dict]
     path: Path
+    loaded: bool = False   # True when run() loaded it from the cache
 
     def row(self) -> dict:
         """A flat dict for tables and plots: spec fields + scalar metrics."""
@@ -134,7 +133,7 @@ class LMSite(Site):
     def __init__(self, model_name: str, hook: str, scale: Scale, *, seed: int = 0,
                  normalization: str = "unit_mean_squared_norm", device: str = "cpu", model=None,
                  lm_eval_tokens: int | None = None, progress: bool = True):
-        from saelib.data.activations import ActivationCache, activation_cache_complete, cache_activations, hook_d_in
+        from saelib.data.activations import ActivationCache, cache_activations, hook_d_in
         from saelib.data.registry import load_model
 
         self.model_name, self.hook, self.scale, self.seed = model_name, hook, scale, seed
@@ -152,7 +151,7 @@ class LMSite(Site):
         paths = {}
         for split, n_tokens in (("train", scale.train_tokens), ("heldout", scale.eval_tokens)):
             path = root / f"{split}_{n_tokens}"
-            if not activation_cache_complete(path):                 # missing, interrupted or damaged
+            if not (path / "meta.json").exists():
                 tokens = self._tokens(split, rows_needed[split], ctx)
                 cache_activations(self.model, hook, tokens, n_tokens, path, progress=progress)
             paths[split] = path
@@ -233,8 +232,12 @@ def train_config(spec: SAESpec, scale: Scale, seed: int = 0) -> TrainConfig:
 
 
 def run_key(site: Site, spec: SAESpec, cfg: TrainConfig) -> str:
+    """The cache key of a run: the activations (site), the spec, the training settings and a fingerprint of
+    the library code that trains and evaluates it (saelib.lab.fingerprint: models, fast, training, metrics)."""
+    from saelib.lab.fingerprint import code_fingerprint
+
     payload = {"site": site.key, "spec": asdict(spec) | {"label": None}, "train": asdict(cfg) | {
-        k: None for k in ("progress", "log_every", "checkpoint_dir", "device")}}
+        k: None for k in ("progress", "log_every", "checkpoint_dir", "device")}, "code": code_fingerprint()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -248,48 +251,83 @@ def evaluate(site: Site, sae: SAE) -> dict:
     return metrics
 
 
-def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu") -> RunResult:
+_RETRAINED: set[str] = set()          # keys retrained in this process under force_retrain (once each)
+_FORCE_RETRAIN = [False]              # the session default, set by check_parameters(force_retrain=...)
+_TRAIN_CALLS = [0]                    # counts actual trainings, so run() can say "loaded" or "trained"
+
+
+def set_force_retrain(flag: bool) -> None:
+    """Make every later run()/sweep() in this process retrain its SAEs once (check_parameters calls this with
+    the notebook's `force_retrain` parameter). The environment variable SAELIB_FORCE_RETRAIN=1 does the same
+    for a whole run_all.sh."""
+    _FORCE_RETRAIN[0] = bool(flag)
+
+
+def force_retrain_default() -> bool:
+    import os
+
+    return _FORCE_RETRAIN[0] or os.environ.get("SAELIB_FORCE_RETRAIN", "0").strip().lower() in ("1", "true", "yes")
+
+
+def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu",
+        force_retrain: bool | None = None, verbose: bool = True) -> RunResult:
+    """Train `spec` on `site` (seeded), evaluate it, and cache everything under outputs/<scale>/runs/<key>/;
+    a later call with the same site, spec, seed, settings and library code (see run_key) loads it instead.
+
+    force_retrain: retrain even when cached (None: the session default, see set_force_retrain); a key is
+    retrained once per process, so a sweep repeated later in the same notebook loads what was just trained.
+    `force=True` retrains every time. With `verbose`, prints one line: loaded from the cache or trained."""
+    if force_retrain is None:
+        force_retrain = force_retrain_default()
+    key = run_key(site, spec, train_config(spec, site.scale, seed))
+    if force_retrain and key not in _RETRAINED:
+        force = True
+        _RETRAINED.add(key)
+    before = _TRAIN_CALLS[0]
+    result = _run_once(site, spec, seed, force=force, device=device)
+    result.loaded = _TRAIN_CALLS[0] == before
+    if verbose:
+        what = f"k={spec.options['k']}" if "k" in spec.options else f"lambda={spec.sparsity_coeff:.3g}"
+        print(f"{spec.label} ({what}, seed {seed}): "
+              f"{'loaded from the run cache' if result.loaded else 'trained (now in the run cache)'}")
+    return result
+
+
+def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu") -> RunResult:
     """Train `spec` on `site` (seeded), evaluate it, and cache everything under outputs/<scale>/runs/."""
     cfg = train_config(spec, site.scale, seed)
     key = run_key(site, spec, cfg)
     path = output_dir(site.scale.name) / "runs" / key
-    cached = None if force else load_cached_run(path, spec, device=device)
-    if cached is not None:
-        return cached
+    if not force and (path / "metrics.json").exists():
+        record = json.loads((path / "metrics.json").read_text())
+        sae = load_sae(path / "sae", device=device)
+        return RunResult(spec, sae, record["metrics"], record["history"], path)
     d_sae = spec.d_sae or site.scale.expansion * site.d_in
     torch.manual_seed(seed)
     sae = create_sae(spec.architecture, site.d_in, d_sae, **spec.options)
+    _TRAIN_CALLS[0] += 1
     history = train_sae(sae, site.train_batches(cfg.batch_size, seed), cfg)
     sae.eval()
     metrics = evaluate(site, sae)
     save_sae(sae, path / "sae")
     record = {"spec": asdict(spec), "site": site.key, "train": asdict(cfg), "metrics": metrics,
               "history": history}
-    atomic_write_json(path / "metrics.json", record, default=str)      # written last: the commit point
+    (path / "metrics.json").write_text(json.dumps(record, default=str))
     return RunResult(spec, sae, metrics, history, path)
 
 
-def load_cached_run(path: Path, spec: SAESpec, *, device: str = "cpu") -> RunResult | None:
-    """The run cached in `path` (metrics.json + sae/), or None when there is none. A damaged entry
-    (truncated or corrupt JSON or weights, e.g. after a crash) is reported with a warning and also gives
-    None, so the caller retrains it instead of crashing."""
-    if not (path / "metrics.json").exists():
-        return None
-    try:
-        record = read_json(path / "metrics.json")
-        metrics, history = record["metrics"], record["history"]
-        if not isinstance(metrics, dict) or not isinstance(history, list):
-            raise ValueError(f"{path / 'metrics.json'}: metrics must be an object and history a list")
-        sae = load_sae(path / "sae", device=device)
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        warnings.warn(f"run cache entry {path} is damaged ({e}); retraining it", RuntimeWarning, stacklevel=2)
-        return None
-    return RunResult(spec, sae, metrics, history, path)
-
-
-def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = True) -> list[RunResult]:
-    """run() every spec (cached ones load instantly); a progress bar over the sweep."""
-    return [run(site, spec, seed) for spec in tqdm(specs, desc="SAEs", disable=not progress)]
+def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = True,
+          force_retrain: bool | None = None, verbose: bool = True) -> list[RunResult]:
+    """run() every spec (cached ones load instantly); a progress bar over the sweep (interactive sessions
+    only, see saelib.progress) and, with `verbose`, one line saying how many were loaded and how many trained."""
+    results = [run(site, spec, seed, force_retrain=force_retrain, verbose=False)
+               for spec in tqdm(specs, desc="SAEs", disable=not progress)]
+    if verbose and results:
+        labels = sorted({r.spec.label or r.spec.architecture for r in results})
+        loaded = sum(r.loaded for r in results)
+        print(f"{len(results)} SAE{'s' if len(results) > 1 else ''} ({', '.join(labels)}; seed {seed}): "
+              f"{loaded} loaded from the run cache, {len(results) - loaded} trained")
+    return results
 
 
 def coefficient_grid(low: float, high: float, n: int) -> list[float]:
