@@ -41,7 +41,6 @@ def test_kernel_hand_values():
     assert get_kernel("rectangle")(u).tolist() == [1, 1, 1, 0, 0]
     assert get_kernel("triangular")(u).tolist() == pytest.approx([1, 0.75, 0.51, 0.5, 0.25])
     assert get_kernel("epanechnikov")(u).tolist() == pytest.approx([0.75 * (1 - v * v) for v in u.tolist()])
-    phi = lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
     assert get_kernel("gaussian")(u).tolist() == pytest.approx([phi(v) for v in u.tolist()])
     assert get_kernel("quartic_gaussian")(u).tolist() == pytest.approx(
         [(3 - v * v) / 2 * phi(v) for v in u.tolist()])
@@ -96,7 +95,6 @@ def test_step_pseudo_derivative_gaussian_and_no_z_gradient():
     l0.backward()
     assert l0.item() == pytest.approx(0.5)                  # (1 + 0) / 2 active features per token
     assert z_req.grad is None or torch.all(z_req.grad == 0)
-    phi = lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
     u = (z - theta) / eps
     expected = [-(1 / eps) * (phi(u[0, i].item()) + phi(u[1, i].item())) / 2 for i in range(2)]
     assert th.grad.tolist() == pytest.approx(expected)
@@ -122,3 +120,7 @@ def test_fraction_in_window():
     z = torch.tensor([[0.1], [0.1004], [0.2], [0.0996]])
     frac = fraction_in_window(z, torch.tensor([0.1]), 0.001, "rectangle")
     assert frac.tolist() == pytest.approx([0.75])
+
+
+def phi(v: float) -> float:
+    return math.exp(-v * v / 2) / math.sqrt(2 * math.pi)

@@ -93,7 +93,8 @@ def test_gated_loss_is_sum_of_terms_and_no_gradient_through_gate_in_reconstructi
     sae = _perturb(GatedSAE(16, 32))
     x = torch.randn(64, 16)
     out = sae.loss(x, 0.5)
-    assert out.loss.item() == pytest.approx(out.reconstruction.item() + 0.5 * out.sparsity.item() + out.aux.item(), rel=1e-6)
+    total = out.reconstruction.item() + 0.5 * out.sparsity.item() + out.aux.item()
+    assert out.loss.item() == pytest.approx(total, rel=1e-6)
     # the reconstruction term reaches b_gate only through ... nothing: the Heaviside gate has no gradient
     out.reconstruction.backward()
     assert sae.b_gate.grad is None or torch.all(sae.b_gate.grad == 0)
@@ -110,7 +111,8 @@ def test_relu_variants_penalties():
     april = _perturb(ReLUSAE(16, 32, variant="april_update"))
     assert not april.wants_resampling and not april.normalize_decoder
     f = april.encode(x)
-    assert april.loss(x, 1.0).sparsity.item() == pytest.approx((f * april.W_dec.norm(dim=1)).sum(-1).mean().item(), rel=1e-5)
+    expected = (f * april.W_dec.norm(dim=1)).sum(-1).mean().item()
+    assert april.loss(x, 1.0).sparsity.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_april_init_is_transpose_with_small_decoder_norm():

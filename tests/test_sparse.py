@@ -1,33 +1,36 @@
-"""The sparse training step (saelib/sparse.py) gives the dense step's loss, reconstruction, codes and
-gradients: ReLU (both variants) and JumpReLU (compact kernels, L0 and L1 penalties), in float64."""
+"""The training steps of saelib/fast (`training_loss`) give the model's dense `sae.loss`: loss terms,
+codes, reconstruction and gradients, in float64, for every variant; sparse when sparse enough, a dense
+fallback otherwise; bitwise deterministic on two threads."""
 import pytest
 import torch
 
-from saelib import GatedSAE, JumpReLUSAE, ReLUSAE
+from saelib import GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+from saelib.fast import SPARSE_MAX_DENSITY, training_loss
 from saelib.fast.sparse import Support, densify, sparse_decode, support_above
 
 
-def _loss_and_grads(sae, x, lam, max_density):
-    sae.sparse_max_density = max_density
+def _loss_and_grads(sae, loss_fn, x, lam):
     sae.zero_grad(set_to_none=True)
-    out = sae.loss(x, lam)
+    out = loss_fn(x, lam)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
     return out, grads
 
 
-def _compare(sae, x, lam, min_params=4):
-    dense, g_dense = _loss_and_grads(sae, x, lam, 0.0)
-    sparse, g_sparse = _loss_and_grads(sae, x, lam, 1.0)
-    assert not callable(dense._f) and callable(sparse._f), "the sparse path was not taken"
+def _compare(sae, x, lam, min_params=4, max_density=1.0, sparse=True):
+    """training_loss(sae) (on this CPU, with max_density) against the dense sae.loss."""
+    dense, g_dense = _loss_and_grads(sae, sae.loss, x, lam)
+    fast, g_fast = _loss_and_grads(sae, training_loss(sae, "cpu", max_density=max_density), x, lam)
+    assert not callable(dense._f)
+    assert callable(fast._f) == sparse, "the sparse path was not taken" if sparse else "unexpectedly sparse"
     for term in ("loss", "reconstruction", "sparsity", "aux"):
-        torch.testing.assert_close(getattr(sparse, term), getattr(dense, term), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(sparse.x_hat, dense.x_hat, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(sparse.feature_max(), dense.f.detach().amax(0), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(sparse.f, dense.f.detach(), rtol=1e-10, atol=1e-12)
-    assert g_sparse.keys() == g_dense.keys() and len(g_dense) >= min_params
+        torch.testing.assert_close(getattr(fast, term), getattr(dense, term), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.x_hat, dense.x_hat, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.feature_max(), dense.f.detach().amax(0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.f.detach(), dense.f.detach(), rtol=1e-10, atol=1e-12)
+    assert g_fast.keys() == g_dense.keys() and len(g_dense) >= min_params
     for name in g_dense:
-        torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(g_fast[name], g_dense[name], rtol=1e-9, atol=1e-12, msg=name)
     return dense
 
 
@@ -35,53 +38,93 @@ def _inputs(d_in=24, batch=96, seed=0):
     return torch.randn(batch, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("variant", ["standard", "april_update"])
-def test_relu_sparse_step_matches_dense(variant):
+def test_relu_fast_step_matches_dense(variant, sparse):
     torch.manual_seed(0)
     sae = ReLUSAE(24, 80, variant=variant).double()
     x = _inputs()
     with torch.no_grad():                           # a sparse code: each feature fires on ~10% of tokens
         sae.b_enc.copy_(-sae.pre_activations(x).quantile(0.9, dim=0))
         sae.b_dec.normal_(0, 0.01)
-    out = _compare(sae, x, 0.3)
+    out = _compare(sae, x, 0.3, max_density=1.0 if sparse else 0.0, sparse=sparse)
     density = (out.f != 0).double().mean().item()
     assert 0.02 < density < 0.4                     # the test exercises a genuinely sparse, non-empty code
 
 
-@pytest.mark.parametrize("kernel", ["rectangle", "triangular", "epanechnikov"])
-@pytest.mark.parametrize("penalty", ["l0", "l1"])
-def test_jumprelu_sparse_step_matches_dense(kernel, penalty):
+def _jumprelu(kernel, penalty, bandwidth=0.2):
     torch.manual_seed(0)
-    sae = JumpReLUSAE(24, 80, kernel=kernel, bandwidth=0.2, theta_init=1.0, penalty=penalty).double()
+    sae = JumpReLUSAE(24, 80, kernel=kernel, bandwidth=bandwidth, theta_init=1.0, penalty=penalty).double()
     with torch.no_grad():
         sae.log_threshold.add_(torch.randn(80, dtype=torch.float64) * 0.3)
         sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("kernel", ["rectangle", "triangular", "epanechnikov"])
+@pytest.mark.parametrize("penalty", ["l0", "l1"])
+def test_jumprelu_fast_step_matches_dense(kernel, penalty, sparse):
+    sae = _jumprelu(kernel, penalty)
     x = _inputs() * 3
     with torch.no_grad():                           # entries inside the window, on both sides of theta
         u = sae.pre_activations(x) - sae.threshold
     assert ((u > -0.2) & (u < 0)).sum() > 50 and ((u > 0) & (u < 0.2)).sum() > 50
-    out = _compare(sae, x, 0.5)
+    out = _compare(sae, x, 0.5, max_density=1.0 if sparse else 0.0, sparse=sparse)
     assert 0.02 < (out.f != 0).double().mean().item() < 0.4
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"mag_weights": "no_r_mag"}, {"aux_decoder": "unfrozen"},
-    {"penalty": "decoder_norm"}, {"penalty": "decoder_norm", "penalty_decoder": "frozen"}])
-def test_gated_sparse_step_matches_dense(options):
+@pytest.mark.parametrize("penalty", ["l0", "l1"])
+def test_jumprelu_adaptive_bandwidth_fast_step_matches_dense(penalty):
+    sae = _jumprelu("rectangle", penalty, bandwidth="adaptive")
+    with torch.no_grad():
+        sae.bandwidths.copy_(torch.linspace(0.05, 0.4, 80, dtype=torch.float64))
+    x = _inputs() * 3
+    start = sae.bandwidths.clone()
+    sae.eval()                                      # eval: the same bandwidths in both calls
+    _compare(sae, x, 0.5)
+    sae.train()                                     # train: each call adapts them, identically
+    dense = sae.loss(x, 0.5)
+    adapted = sae.bandwidths.clone()
+    sae.bandwidths.copy_(start)
+    fast = training_loss(sae, "cpu", max_density=1.0)(x, 0.5)
+    assert callable(fast._f) and not torch.equal(adapted, start)
+    torch.testing.assert_close(sae.bandwidths, adapted, rtol=0, atol=0)
+    torch.testing.assert_close(fast.loss, dense.loss, rtol=1e-10, atol=1e-12)
+
+
+def _gated(**options):
     torch.manual_seed(0)
     sae = GatedSAE(24, 80, **options).double()
     x = _inputs()
     with torch.no_grad():                           # gates open on ~10% of tokens; magnitudes differ
         sae.b_gate.copy_(-sae.pre_activations(x)[0].quantile(0.9, dim=0))
-        if hasattr(sae.r_mag, "normal_") and isinstance(sae.r_mag, torch.nn.Parameter):
+        if isinstance(getattr(sae, "r_mag", None), torch.nn.Parameter):
             sae.r_mag.normal_(0, 0.3)
         sae.b_mag.normal_(0, 0.2)
         sae.b_dec.normal_(0, 0.01)
-    out = _compare(sae, x, 0.3)
+    return sae, x
+
+
+GATED_OPTIONS = [{}, {"mag_weights": "no_r_mag"}, {"aux_decoder": "unfrozen"}, {"penalty": "decoder_norm"},
+                 {"penalty": "decoder_norm", "penalty_decoder": "frozen"}]
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("options", GATED_OPTIONS)
+def test_gated_fast_step_matches_dense(options, sparse):
+    sae, x = _gated(**options)
+    out = _compare(sae, x, 0.3, max_density=1.0 if sparse else 0.0, sparse=sparse)
     assert 0.02 < (out.f != 0).double().mean().item() < 0.4
 
 
-def test_gated_rescale_and_shift_sparse_step_matches_dense():
+def test_untied_gated_trains_with_its_dense_loss():
+    sae, x = _gated(mag_weights="untied")
+    assert training_loss(sae, "cpu", max_density=1.0) == sae.loss
+    _compare(sae, x, 0.3, sparse=False)
+
+
+def test_gated_rescale_and_shift_fast_step_matches_dense():
     torch.manual_seed(0)
     relu = ReLUSAE(24, 80).double()
     x = _inputs()
@@ -91,25 +134,61 @@ def test_gated_rescale_and_shift_sparse_step_matches_dense():
     with torch.no_grad():
         sae.r_mag.normal_(0, 0.3)
     _compare(sae, x, 0.0, min_params=2)              # only r_mag and b_mag train
+    _compare(sae, x, 0.0, min_params=2, max_density=0.0, sparse=False)
 
 
-def test_untied_gated_always_steps_densely():
-    sae = GatedSAE(8, 16, mag_weights="untied")
-    sae.sparse_max_density = 1.0
-    assert not callable(sae.loss(torch.randn(4, 8), 1.0)._f)
+@pytest.mark.parametrize("aux_k", [None, 8])
+def test_topk_fast_step_matches_dense(aux_k):
+    torch.manual_seed(0)
+    sae = TopKSAE(24, 80, k=6, aux_k=aux_k, aux_coeff=0.5, dead_tokens=50).double()
+    x = _inputs()
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.1)
+        sae.tokens_since_fired[::3] = 100                  # a third of the latents dead
+    sae.eval()                                             # (no dead-count updates between the two calls)
+    out = _compare(sae, x, 0.0)
+    assert (out.aux > 0) == (aux_k is not None)
+    assert ((out.f != 0).sum(-1) <= 6).all()
 
 
-def test_jumprelu_gaussian_kernel_always_steps_densely():
+def test_topk_fast_step_updates_dead_counts_like_dense():
+    torch.manual_seed(0)
+    sae = TopKSAE(24, 80, k=6, aux_k=8, dead_tokens=50).double()
+    x = _inputs()
+    sae.tokens_since_fired[::3] = 100
+    start = sae.tokens_since_fired.clone()
+    sae.loss(x)
+    dense = sae.tokens_since_fired.clone()
+    sae.tokens_since_fired.copy_(start)
+    training_loss(sae, "cpu")(x, 0.0)
+    assert torch.equal(sae.tokens_since_fired, dense) and not torch.equal(dense, start)
+
+
+def test_jumprelu_gaussian_kernel_trains_with_its_dense_loss():
     sae = JumpReLUSAE(8, 16, kernel="gaussian", bandwidth=0.1, theta_init=5.0)
-    sae.sparse_max_density = 1.0
-    assert not callable(sae.loss(torch.randn(4, 8), 1.0)._f)     # every pre-activation carries a gradient
+    loss_fn = training_loss(sae, "cpu", max_density=1.0)    # every pre-activation carries a gradient
+    assert loss_fn == sae.loss and not callable(loss_fn(torch.randn(4, 8), 1.0)._f)
+
+
+def test_other_devices_train_with_the_dense_loss_except_gated_and_topk():
+    relu, jump = ReLUSAE(8, 16), JumpReLUSAE(8, 16)
+    assert training_loss(relu, "cuda") == relu.loss and training_loss(jump, "cuda") == jump.loss
+    gated = GatedSAE(8, 16)
+    assert training_loss(gated, "cuda").max_density == 0.0          # GatedActivations, never sparse
+    assert training_loss(relu, "cpu").max_density == SPARSE_MAX_DENSITY
 
 
 def test_dense_codes_take_the_dense_step():
     sae = ReLUSAE(8, 32)                            # at init about half the features fire
-    assert not callable(sae.loss(torch.randn(64, 8), 0.1)._f)
+    loss_fn = training_loss(sae, "cpu")
+    assert not callable(loss_fn(torch.randn(64, 8), 0.1)._f)
     with torch.no_grad():
-        assert not callable(sae.loss(torch.randn(64, 8), 0.1)._f)   # no graph wanted: always dense
+        assert not callable(loss_fn(torch.randn(64, 8), 0.1)._f)   # no graph wanted: always dense
+    sparse = ReLUSAE(8, 32)
+    with torch.no_grad():
+        sparse.b_enc.fill_(-2.0)                    # few features fire: sparse, unless no graph is wanted
+        assert not callable(training_loss(sparse, "cpu")(torch.randn(64, 8), 0.1)._f)
+    assert callable(training_loss(sparse, "cpu")(torch.randn(64, 8), 0.1)._f)
 
 
 def test_support_and_decode_helpers():
@@ -136,7 +215,7 @@ def test_sparse_step_is_deterministic_on_two_threads():
         for _ in range(3):
             torch.manual_seed(0)
             sae = JumpReLUSAE(64, 4096, theta_init=0.3, bandwidth=0.05)
-            out = sae.loss(x, 1.0)
+            out = training_loss(sae, "cpu")(x, 1.0)
             out.loss.backward()
             assert callable(out._f)
             grads.append(torch.cat([p.grad.flatten() for p in sae.parameters()]))

@@ -12,7 +12,8 @@ G the sparse d loss / d pi:
 about 2 B d_in d_sae + 8 |S| d_in FLOPs instead of 10 B d_in d_sae for a dense step (TopK: |S| = B k).
 
 S is kept as two index vectors (COO), token-major (as `nonzero()` returns them): `Support(rows, cols)`.
-The dense path stays the reference; tests/test_sparse.py checks that both give the same loss and gradients.
+The models' dense loss() stays the reference; tests/test_sparse.py checks that the sparse steps
+(saelib/fast/steps.py, saelib/fast/gated.py) give the same loss and gradients.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-# the default of each SAE's `sparse_max_density`: take the sparse step when the support holds at most
-# this fraction of the batch x d_sae entries (benchmarks/train_step.py --l0 ... measures the crossover)
+# take the sparse step when the support holds at most this fraction of the batch x d_sae entries
+# (the default of training_loss's max_density; benchmarks/train_step.py --l0 ... measures the crossover)
 SPARSE_MAX_DENSITY = 0.08
 
 

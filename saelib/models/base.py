@@ -1,13 +1,14 @@
-"""What every sparse autoencoder in saelib shares: the output record, the module base class, and the
-small validation helpers used by every constructor and config.
+"""What every sparse autoencoder in saelib shares: the output record, the module base class (weight
+initialisation, the centred encoder product, decoding, the unit-norm decoder hooks).
 
 Weight layout follows SAELens (so files travel): W_enc is [d_in, d_sae], W_dec is [d_sae, d_in];
 row i of W_dec is feature i's decoder direction (a "column" of W_dec in the papers' notation).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,13 +34,6 @@ def centred_matmul(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, b_d
     return torch.addmm(-shift if b is None else b - shift, x, W)
 
 
-def keep_where_positive(values: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """values * H(u) elementwise (H the Heaviside step, H(0) = 0) in one vectorised pass: ATen's
-    ReLU-backward kernel, "values where u > 0, else 0". On CPU several times faster than multiplying by
-    a boolean mask. Differentiable in `values`."""
-    return torch.ops.aten.threshold_backward(values.to(u.dtype), u, 0)
-
-
 def check_sparsity_coeff(value: Any) -> None:
     """sparsity_coeff must be a number >= 0 (tensors, e.g. from a warm-up schedule, are trusted)."""
     if not isinstance(value, torch.Tensor):
@@ -56,11 +50,11 @@ class LossOutput:
     reconstruction  scalar, the reconstruction term as it enters the loss
     sparsity        scalar, the penalty *before* multiplying by sparsity_coeff
     aux             scalar, auxiliary term (Gated's frozen-decoder reconstruction, TopK's AuxK); 0 elsewhere
-    f               [batch, d_sae] feature activations (detached from the graph for TopK)
+    f               [batch, d_sae] feature activations
     x_hat           [batch, d_in] reconstruction
 
-    An SAE that computes f sparsely (TopK) may pass a function instead of f; the dense
-    [batch, d_sae] tensor is then built on first access only (a training step mostly never reads it).
+    A sparse training step (saelib/fast) may pass a function instead of f; the dense [batch, d_sae]
+    tensor is then built on first access only (a training step mostly never reads it).
     """
 
     loss: torch.Tensor
@@ -79,15 +73,16 @@ class LossOutput:
     def feature_max(self) -> torch.Tensor:
         """[d_sae]: each feature's largest activation over the batch (0 if it never fired), without
         building a sparse step's dense codes."""
-        if hasattr(self._f, "feature_max"):
-            return self._f.feature_max()
+        feature_max = getattr(self._f, "feature_max", None)
+        if feature_max is not None:
+            return feature_max()
         return self.f.detach().amax(0)
 
 
 # ----------------------------------------------------------------------------- base module
 
 class SAE(nn.Module):
-    """Base class. Subclasses define `encode`, `decode`, `loss` and list their encoder-side weights.
+    """Base class. Subclasses define `encode`, `loss` and `config`, and call `init_weights`.
 
     Hooks the training loop calls every step (defaults do nothing):
       before_optimizer_step()   e.g. remove the gradient component parallel to unit-norm decoder rows
@@ -97,6 +92,13 @@ class SAE(nn.Module):
     architecture: str = "base"
     # weights multiplied by the input (scaled by s when folding an input scaling factor into the SAE)
     _input_weights: tuple[str, ...] = ("W_enc",)
+    # Unit-norm decoder rows (standard, Gated, JumpReLU and TopK defaults; not the April-update variants)
+    normalize_decoder: bool = False
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int):
         super().__init__()
@@ -105,11 +107,23 @@ class SAE(nn.Module):
         self.d_in = d_in
         self.d_sae = d_sae
 
+    def init_weights(self, decoder_init_norm: float, encoders: tuple[str, ...] = ("W_enc",),
+                     biases: tuple[str, ...] = ("b_enc",)) -> None:
+        """Decoder rows: random directions of norm decoder_init_norm; every encoder = W_dec^T (at init
+        only); every bias zero. Registers W_dec, the encoders, the biases, b_dec (in that order)."""
+        W_dec = random_directions(self.d_sae, self.d_in, decoder_init_norm)   # [d_sae, d_in]
+        self.W_dec = nn.Parameter(W_dec)
+        for name in encoders:
+            setattr(self, name, nn.Parameter(W_dec.T.clone()))                 # [d_in, d_sae]
+        for name in biases:
+            setattr(self, name, nn.Parameter(torch.zeros(self.d_sae)))         # [d_sae]
+        self.b_dec = nn.Parameter(torch.zeros(self.d_in))                      # [d_in]
+
     # --- to be provided by subclasses ---------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # [batch, d_in] -> [batch, d_sae]
         raise NotImplementedError
 
-    def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
+    def loss(self, x: torch.Tensor, sparsity_coeff: float | torch.Tensor) -> LossOutput:
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -117,6 +131,10 @@ class SAE(nn.Module):
         return {"d_in": self.d_in, "d_sae": self.d_sae}
 
     # --- shared --------------------------------------------------------------------------------
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:       # pi [batch, d_sae]
+        self.check_input(x)
+        return centred_matmul(x, self.W_enc, self.b_enc, self.b_dec)     # (x - b_dec) W_enc + b_enc
+
     def decode(self, f: torch.Tensor) -> torch.Tensor:  # [batch, d_sae] -> [batch, d_in]
         return torch.addmm(self.b_dec, f, self.W_dec)                   # f W_dec + b_dec
 
@@ -126,12 +144,14 @@ class SAE(nn.Module):
     def decoder_norms(self) -> torch.Tensor:  # [d_sae]
         return self.W_dec.norm(dim=1)
 
+    @staticmethod
+    def zero_aux(x: torch.Tensor) -> torch.Tensor:
+        """The auxiliary term of the architectures that have none: a 0 scalar on x's device and dtype."""
+        return torch.zeros((), device=x.device, dtype=x.dtype)
+
     @property
     def wants_resampling(self) -> bool:
         return False
-
-    # Unit-norm decoder rows (standard, Gated, JumpReLU and TopK defaults; not the April-update variants)
-    normalize_decoder: bool = False
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:

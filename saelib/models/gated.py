@@ -22,12 +22,17 @@ With tying, a Gated SAE is exactly a JumpReLU SAE (see to_jumprelu).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from saelib.models.base import SAE, LossOutput, centred_matmul, check_sparsity_coeff, keep_where_positive, random_directions
+from saelib.models.base import SAE, LossOutput, centred_matmul, check_sparsity_coeff
 from saelib.validation import check_choice, check_positive
-from saelib.fast.sparse import SPARSE_MAX_DENSITY, SparseCodes, select_pre_activations, sparse_decode, support_above
+
+if TYPE_CHECKING:
+    from saelib.models.jumprelu import JumpReLUSAE
+    from saelib.models.relu import ReLUSAE
 
 MAG_WEIGHTS = ("r_mag", "no_r_mag", "untied")
 AUX_DECODER = ("frozen", "unfrozen")
@@ -37,7 +42,12 @@ PENALTY_DECODER = ("unfrozen", "frozen")
 
 class GatedSAE(SAE):
     architecture = "gated"
-    _input_weights = ("W_gate",)
+    _input_weights: tuple[str, ...] = ("W_gate",)
+    W_gate: torch.Tensor
+    b_gate: torch.Tensor
+    b_mag: torch.Tensor
+    r_mag: torch.Tensor
+    W_mag: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, mag_weights: str = "r_mag", aux_decoder: str = "frozen",
                  penalty: str = "l1", penalty_decoder: str = "unfrozen",
@@ -61,22 +71,15 @@ class GatedSAE(SAE):
         self.decoder_init_norm = float(decoder_init_norm)
         self.resample = l1 if resample is None else bool(resample)
 
-        W_dec = random_directions(d_sae, d_in, self.decoder_init_norm)       # [d_sae, d_in]
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_gate = nn.Parameter(W_dec.T.clone())                         # [d_in, d_sae]
-        self.b_gate = nn.Parameter(torch.zeros(d_sae))
-        self.b_mag = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_weights(self.decoder_init_norm, encoders=("W_gate",),     # W_gate = W_dec^T at init,
+                          biases=("b_gate", "b_mag"))                       # zero biases
         if mag_weights == "r_mag":
-            self.r_mag = nn.Parameter(torch.zeros(d_sae))
+            self.r_mag = nn.Parameter(torch.zeros(d_sae))                   # [d_sae]
         elif mag_weights == "no_r_mag":
             self.register_buffer("r_mag", torch.zeros(d_sae))              # fixed at 0: W_mag = W_gate
         else:
-            self.W_mag = nn.Parameter(W_dec.T.clone())                      # [d_in, d_sae]
+            self.W_mag = nn.Parameter(self.W_dec.detach().T.clone())        # [d_in, d_sae]
             self._input_weights = ("W_gate", "W_mag")
-        # a speed setting, not part of the model: take the sparse training step when gates are open on at
-        # most this fraction of the batch x d_sae entries (tied weights, CPU); 0 = always dense
-        self.sparse_max_density = SPARSE_MAX_DENSITY
 
     @property
     def wants_resampling(self) -> bool:
@@ -88,80 +91,46 @@ class GatedSAE(SAE):
                 "normalize_decoder": self.normalize_decoder, "decoder_init_norm": self.decoder_init_norm,
                 "resample": self.resample}
 
-    def pre_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pre_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """(pi_gate, pi_mag), each [batch, d_sae]; the tied variants share one encoder matmul."""
         self.check_input(x)
         if self.mag_weights == "untied":
-            return (centred_matmul(x, self.W_gate, self.b_gate, self.b_dec),
+            return (centred_matmul(x, self.W_gate, self.b_gate, self.b_dec),     # eq. 5
                     centred_matmul(x, self.W_mag, self.b_mag, self.b_dec))
         z = centred_matmul(x, self.W_gate, None, self.b_dec)               # x' W_gate  [batch, d_sae]
         pi_gate = z + self.b_gate                                           # eq. 5
-        pi_mag = z * torch.exp(self.r_mag) + self.b_mag                     # eqs. 6, 8
+        pi_mag = z * torch.exp(self.r_mag) + self.b_mag                     # eqs. 6, 8: W_mag = exp(r_mag) W_gate
         return pi_gate, pi_mag
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pi_gate, pi_mag = self.pre_activations(x)
         return (pi_gate > 0) * torch.relu(pi_mag)                           # eq. 7
 
-    def activations(self, x: torch.Tensor, support_max_density: float = 0.0):
-        """(f, ReLU(pi_gate)), each [batch, d_sae]: the codes and the gate's own activations (eqs. 5-8).
-
-        With support_max_density > 0 (tied weights, CPU) and an open gate on at most that fraction of the
-        batch x d_sae entries, the sparse form instead: (f, ReLU(pi_gate)) at the open gates, each [nnz],
-        and their Support (saelib/sparse.py). Elsewhere both are 0 and so are their gradients."""
-        if self.mag_weights == "untied":
-            pi_gate, pi_mag = self.pre_activations(x)
-            return (pi_gate > 0) * torch.relu(pi_mag), torch.relu(pi_gate)
-        self.check_input(x)
-        # x' W = x W - b_dec W (see centred_matmul: no gradient with respect to x); the constant parts of
-        # pi_gate and pi_mag then go into one bias vector each
-        xW = x @ self.W_gate                                                # [batch, d_sae]
-        shift = self.b_dec @ self.W_gate                                    # [d_sae]
-        scale = torch.exp(self.r_mag)                                       # [d_sae], W_mag = scale * W_gate
-        support = support_above(xW, (shift - self.b_gate).detach(), support_max_density)  # pi_gate > 0
-        if support is None:
-            return GatedActivations.apply(xW, self.b_gate - shift, scale, self.b_mag - scale * shift)
-        cols = support.cols               # (index_select below: gathers with a deterministic backward)
-        xW_centred = select_pre_activations(xW, support, x, self.W_gate, None, self.b_dec,  # x' W_gate
-                                            product_only=True)                              # [nnz]
-        gate_relu = xW_centred + self.b_gate.index_select(0, cols)          # eq. 5: pi_gate > 0 here
-        f = torch.relu(torch.addcmul(self.b_mag.index_select(0, cols), xW_centred,          # eqs. 6-8
-                                     scale.index_select(0, cols)))
-        return f, gate_relu, support
-
-    def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
+    def loss(self, x: torch.Tensor, sparsity_coeff: float | torch.Tensor) -> LossOutput:
         check_sparsity_coeff(sparsity_coeff)
-        out = self.activations(x, self.sparse_max_density if torch.is_grad_enabled() else 0.0)
-        f, gate_relu = out[:2]                          # [batch, d_sae] each, or [nnz] at the support
-        if len(out) == 3:                               # sparse (saelib/sparse.py): decode at the support
-            support = out[2]
-            gate_sum = torch.zeros_like(self.b_gate).index_add(0, support.cols, gate_relu)    # [d_sae]
-            decode = lambda codes, W, b: sparse_decode(codes, support, W) + b
-        else:
-            gate_sum = gate_relu.sum(0)                                     # [d_sae]
-            decode = lambda codes, W, b: torch.addmm(b, codes, W)           # codes W + b
-        # (the penalty before the aux decoder: autograd then adds its gradient in place into the decoder's)
+        pi_gate, pi_mag = self.pre_activations(x)                           # eqs. 5, 6, 8  [batch, d_sae] each
+        f_gate = (pi_gate > 0).to(pi_mag.dtype)                             # 1[pi_gate > 0]: no gradient
+        f_mag = torch.relu(pi_mag)                                          # eq. 6
+        f = f_gate * f_mag                                                  # eq. 7  [batch, d_sae]
+        x_hat = self.decode(f)                                              # f W_dec + b_dec  [batch, d_in]
+        reconstruction = (x - x_hat).pow(2).sum(-1).mean()                 # ||x - x_hat(f)||^2
+
+        gate_relu = torch.relu(pi_gate)                                     # ReLU(pi_gate)  [batch, d_sae]
         if self.penalty == "l1":
-            sparsity = gate_sum.sum() / x.shape[0]                          # ||ReLU(pi_gate)||_1
+            sparsity = gate_relu.sum(-1).mean()                             # ||ReLU(pi_gate)||_1
         else:
-            norms = self.decoder_norms()
+            norms = self.decoder_norms()                                    # [d_sae]
             if self.penalty_decoder == "frozen":
                 norms = norms.detach()
-            # batch mean of sum_i ReLU(pi_gate)_i ||W_dec[i]||  (a broadcast gradient, see ReLUSAE)
-            sparsity = gate_sum @ norms / x.shape[0]
-
-        x_hat = decode(f, self.W_dec, self.b_dec)
-        reconstruction = (x_hat - x).pow(2).sum(-1).mean()
+            sparsity = (gate_relu * norms).sum(-1).mean()                   # sum_i ReLU(pi_gate)_i ||W_dec[i]||
 
         W_aux, b_aux = self.W_dec, self.b_dec
         if self.aux_decoder == "frozen":
             W_aux, b_aux = W_aux.detach(), b_aux.detach()                   # stop-gradient copies
-        x_hat_aux = decode(gate_relu, W_aux, b_aux)                         # x_hat_frozen(ReLU(pi_gate))
-        aux = (x_hat_aux - x).pow(2).sum(-1).mean()                         # ||x - x_hat_frozen(ReLU(pi_gate))||^2
+        x_hat_frozen = torch.addmm(b_aux, gate_relu, W_aux)                 # x_hat_frozen(ReLU(pi_gate))
+        aux = (x - x_hat_frozen).pow(2).sum(-1).mean()                     # ||x - x_hat_frozen||^2
 
         loss = reconstruction + sparsity_coeff * sparsity + aux             # eq. 9
-        if len(out) == 3:
-            f = SparseCodes(f, support, self.d_sae)                  # dense [batch, d_sae] if read
         return LossOutput(loss, reconstruction, sparsity, aux, f, x_hat)
 
     @torch.no_grad()
@@ -173,7 +142,7 @@ class GatedSAE(SAE):
         return self.b_mag - torch.exp(self.r_mag) * self.b_gate
 
     @torch.no_grad()
-    def to_jumprelu(self):
+    def to_jumprelu(self) -> JumpReLUSAE:
         """The JumpReLU SAE with identical codes and reconstructions.
 
         pi_gate > 0  <=>  x'W_gate > -b_gate  <=>  exp(r_mag) x'W_gate + b_mag > b_mag - exp(r_mag) b_gate,
@@ -194,7 +163,7 @@ class GatedSAE(SAE):
 
     @classmethod
     @torch.no_grad()
-    def rescale_and_shift(cls, relu_sae) -> "GatedSAE":
+    def rescale_and_shift(cls, relu_sae: ReLUSAE) -> GatedSAE:
         """"Baseline + rescale & shift": freeze a trained ReLU SAE and learn only a per-feature rescale
         (exp(r_mag)) and shift (b_mag) of its pre-activations. The gate is the baseline's own ReLU gate.
 
@@ -210,43 +179,3 @@ class GatedSAE(SAE):
         for p in (sae.W_gate, sae.b_gate, sae.W_dec, sae.b_dec):
             p.requires_grad_(False)
         return sae
-
-
-class GatedActivations(torch.autograd.Function):
-    """(xW, c_gate, s, c_mag) -> (f, ReLU(pi_gate)) for the tied Gated SAE, eqs. 5-8, where
-        pi_gate = xW + c_gate         = x' W_gate + b_gate                          (eq. 5)
-        pi_mag  = xW * s + c_mag      = x' (exp(r_mag) W_gate) + b_mag              (eqs. 6, 8)
-    with xW = x W_gate, s = exp(r_mag), c_gate = b_gate - b_dec W_gate, c_mag = b_mag - s (b_dec W_gate).
-
-    The same values as the plain expressions in GatedSAE.encode, with the backward written out so that a
-    training step makes two [batch, d_sae] temporaries here instead of about ten:
-        f             = 1[pi_gate > 0] * ReLU(pi_mag)     d f / d pi_mag = 1[f > 0];  no gradient to the gate
-        ReLU(pi_gate)                                     d / d pi_gate  = 1[pi_gate > 0]
-        d pi_gate / d xW = 1,   d pi_mag / d xW = s,   d pi_mag / d s = xW
-    """
-
-    @staticmethod
-    def forward(ctx, xW, c_gate, s, c_mag):
-        pi_gate = xW + c_gate                                               # eq. 5
-        pi_mag = torch.addcmul(c_mag, xW, s)                                # eqs. 6, 8
-        gate_relu = pi_gate.relu_()                                         # ReLU(pi_gate), in place
-        f = keep_where_positive(pi_mag.relu_(), gate_relu)                  # eq. 7: 1[pi_gate > 0] * ReLU(pi_mag)
-        ctx.save_for_backward(xW, s, f, gate_relu)
-        return f, gate_relu
-
-    @staticmethod
-    def backward(ctx, grad_f, grad_gate_relu):
-        xW, s, f, gate_relu = ctx.saved_tensors
-        if grad_gate_relu is None:
-            grad_xW = torch.zeros_like(xW)
-        else:
-            grad_xW = keep_where_positive(grad_gate_relu, gate_relu)        # d / d pi_gate  [batch, d_sae]
-        grad_c_gate = grad_xW.sum(0)
-        grad_s = grad_c_mag = None
-        if grad_f is not None:
-            grad_pi_mag = keep_where_positive(grad_f, f)                    # d / d pi_mag   [batch, d_sae]
-            grad_c_mag = grad_pi_mag.sum(0)
-            grad_xW.addcmul_(grad_pi_mag, s)                                # + d / d pi_mag * s
-            if ctx.needs_input_grad[2]:
-                grad_s = grad_pi_mag.mul_(xW).sum(0)                        # sum_b d / d pi_mag * xW
-        return grad_xW, grad_c_gate, grad_s, grad_c_mag

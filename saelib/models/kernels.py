@@ -9,7 +9,7 @@ receive a threshold gradient.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

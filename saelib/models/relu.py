@@ -1,6 +1,6 @@
 """Standard (ReLU) sparse autoencoder, in two flavours.
 
-variant="standard"  (Bricken et al. 2023; the Gated paper's baseline)
+variant="standard"  (Bricken et al. 2023; the Gated paper's baseline, its §2)
     x' = x - b_dec
     f = ReLU(x' W_enc + b_enc)                                   # eq. 1 (Gated paper)
     x_hat = f W_dec + b_dec                                      # eq. 2
@@ -17,11 +17,9 @@ Both initialise W_enc = W_dec^T (at init only) and zero biases.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from saelib.models.base import SAE, LossOutput, centred_matmul, check_sparsity_coeff, random_directions
+from saelib.models.base import SAE, LossOutput, check_sparsity_coeff
 from saelib.validation import check_choice, check_positive
-from saelib.fast.sparse import SPARSE_MAX_DENSITY, SparseCodes, select_pre_activations, sparse_decode, support_above
 
 VARIANTS = ("standard", "april_update")
 
@@ -41,15 +39,7 @@ class ReLUSAE(SAE):
         self.decoder_init_norm = float(decoder_init_norm)
         self.normalize_decoder = not april
         self.resample = (not april) if resample is None else bool(resample)
-
-        W_dec = random_directions(d_sae, d_in, self.decoder_init_norm)       # [d_sae, d_in]
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone())                          # [d_in, d_sae]
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
-        # a speed setting, not part of the model: take the sparse training step when at most this fraction
-        # of the batch x d_sae features fire (CPU); 0 = always dense
-        self.sparse_max_density = SPARSE_MAX_DENSITY
+        self.init_weights(self.decoder_init_norm)            # W_dec, W_enc = W_dec^T, b_enc = 0, b_dec = 0
 
     @property
     def wants_resampling(self) -> bool:
@@ -59,37 +49,17 @@ class ReLUSAE(SAE):
         return {**super().config(), "variant": self.variant,
                 "decoder_init_norm": self.decoder_init_norm, "resample": self.resample}
 
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:       # [batch, d_sae]
-        self.check_input(x)
-        return centred_matmul(x, self.W_enc, self.b_enc, self.b_dec)   # (x - b_dec) W_enc + b_enc
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pre_activations(x).relu_()                         # eq. 1 (in place: pi is not kept)
+        return torch.relu(self.pre_activations(x))                     # eq. 1  [batch, d_sae]
 
-    def loss(self, x: torch.Tensor, sparsity_coeff: float) -> LossOutput:
+    def loss(self, x: torch.Tensor, sparsity_coeff: float | torch.Tensor) -> LossOutput:
         check_sparsity_coeff(sparsity_coeff)
-        pi = self.pre_activations(x)                                   # [batch, d_sae]
-        # a sparse step when few features fire (saelib/sparse.py); the dense step is the reference
-        support = support_above(pi, 0.0, self.sparse_max_density if torch.is_grad_enabled() else 0.0)
-        if support is None:
-            f = pi.relu_()                                             # eq. 1 (in place: pi is not kept)
-            f_sum = f.sum(0)                                           # [d_sae]
-            decode = self.decode
-        else:                                   # f at the firing features only: there ReLU(pi) = pi
-            f = select_pre_activations(pi, support, x, self.W_enc, self.b_enc, self.b_dec)   # [nnz], eq. 1
-            f_sum = torch.zeros_like(self.b_enc).index_add(0, support.cols, f)             # [d_sae]
-            decode = lambda f: sparse_decode(f, support, self.W_dec) + self.b_dec          # eq. 2
-        # (the penalty before the decoder: autograd then adds its gradient in place into the decoder's)
+        f = torch.relu(self.pre_activations(x))                        # eq. 1: ReLU(x' W_enc + b_enc)  [batch, d_sae]
+        x_hat = self.decode(f)                                         # eq. 2: f W_dec + b_dec         [batch, d_in]
+        reconstruction = (x - x_hat).pow(2).sum(-1).mean()             # ||x - x_hat||^2, batch mean
         if self.variant == "april_update":
-            # batch mean of sum_i f_i ||W_dec[i]||, written (sum_b f_b) . ||W_dec|| / batch so that its
-            # gradient in f is a broadcast row rather than a [batch, d_sae] outer product
-            sparsity = f_sum @ self.decoder_norms() / x.shape[0]
+            sparsity = (f * self.decoder_norms()).sum(-1).mean()       # sum_i f_i ||W_dec[i]||
         else:
-            sparsity = f_sum.sum() / x.shape[0]                        # ||f||_1 (f >= 0), eq. 4
-        x_hat = decode(f)                                              # [batch, d_in], eq. 2
-        reconstruction = (x_hat - x).pow(2).sum(-1).mean()
-        loss = reconstruction + sparsity_coeff * sparsity
-        zero = torch.zeros((), device=x.device, dtype=x.dtype)
-        if support is not None:
-            f = SparseCodes(f, support, self.d_sae)                  # dense [batch, d_sae] if read
-        return LossOutput(loss, reconstruction, sparsity, zero, f, x_hat)
+            sparsity = f.sum(-1).mean()                                # ||f||_1 (f >= 0)
+        loss = reconstruction + sparsity_coeff * sparsity              # eq. 4
+        return LossOutput(loss, reconstruction, sparsity, self.zero_aux(x), f, x_hat)

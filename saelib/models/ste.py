@@ -23,8 +23,13 @@ import math
 
 import torch
 
-from saelib.models.base import keep_where_positive
 from saelib.models.kernels import KERNEL_SUPPORT, get_kernel
+
+
+def keep_where_positive(values: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """values * H(u) elementwise (H the Heaviside step, H(0) = 0): values where u > 0, else +0.
+    Differentiable in `values`."""
+    return torch.where(u > 0, values.to(u.dtype), 0)
 
 
 class JumpReLUWithL0(torch.autograd.Function):
@@ -33,13 +38,14 @@ class JumpReLUWithL0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, theta, eps, kernel_name: str, inplace: bool, batch: int | None):
         u = z - theta                                        # [batch, d_sae]; H(z - theta) = H(u), exactly
+        fires = u > 0                                        # H(z - theta)  [batch, d_sae] bool
         if inplace:                                          # eq. 4: z * H(z - theta), written over z
             ctx.mark_dirty(z)
-            f = torch.ops.aten.threshold_backward.grad_input(z, u, 0, grad_input=z)
+            f = torch.where(fires, z, z.new_zeros(()), out=z)
         else:
-            f = keep_where_positive(z, u)                    # eq. 4: z * H(z - theta)
+            f = torch.where(fires, z, 0)                     # eq. 4: z * H(z - theta)
         ctx.batch = z.shape[0] if batch is None else batch
-        l0 = torch.count_nonzero(u > 0).to(f.dtype) / ctx.batch   # eq. 6, mean over the batch
+        l0 = torch.count_nonzero(fires).to(f.dtype) / ctx.batch   # eq. 6, mean over the batch
         ctx.save_for_backward(u, theta, eps)                 # z itself is not needed again
         ctx.kernel_name = kernel_name
         return f, l0

@@ -8,23 +8,22 @@
 AuxK (optional, aux_k not None): latents that have not fired for `dead_tokens` tokens reconstruct the
 residual e = x - x_hat with their own top-aux_k pre-activations, ||e - e_hat||^2, keeping them alive.
 
-Training touches only the B*k selected latents after the one dense product that chooses them:
-decoding is sparse, x_hat = sum over the k active latents of f_i W_dec[i] (an embedding bag), and so is
-the encoder's gradient (saelib/sparse.py): about 2 B d_in d_sae + 8 B k d_in FLOPs per step instead
-of 10 B d_in d_sae for a dense step.
+loss() below is the plain dense computation. Training uses the sparse step of saelib/fast, which
+touches only the B*k selected latents after the one dense product that chooses them: about
+2 B d_in d_sae + 8 B k d_in FLOPs per step instead of 10 B d_in d_sae (equal values and gradients).
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from saelib.models.base import SAE, LossOutput, centred_matmul, check_sparsity_coeff, random_directions
+from saelib.models.base import SAE, LossOutput, check_sparsity_coeff
 from saelib.validation import check_choice, check_positive
-from saelib.fast.sparse import select_pre_activations, sparse_decode, support_of_topk
 
 
 class TopKSAE(SAE):
     architecture = "topk"
+    tokens_since_fired: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, aux_k: int | None = None,
                  aux_coeff: float = 1 / 32, dead_tokens: int = 1_000_000, normalize_decoder: bool = True,
@@ -45,11 +44,7 @@ class TopKSAE(SAE):
         self.normalize_decoder = normalize_decoder
         self.decoder_init_norm = float(decoder_init_norm)
 
-        W_dec = random_directions(d_sae, d_in, self.decoder_init_norm)       # [d_sae, d_in]
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone())                          # [d_in, d_sae]
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_weights(self.decoder_init_norm)            # W_dec, W_enc = W_dec^T, b_enc = 0, b_dec = 0
         # tokens since each latent last fired (for AuxK); part of the training state, saved in checkpoints
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
 
@@ -58,81 +53,50 @@ class TopKSAE(SAE):
                 "dead_tokens": self.dead_tokens, "normalize_decoder": self.normalize_decoder,
                 "decoder_init_norm": self.decoder_init_norm}
 
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:           # [batch, d_sae]
-        self.check_input(x)
-        return centred_matmul(x, self.W_enc, self.b_enc, self.b_dec)     # (x - b_dec) W_enc + b_enc
-
     def topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pre-activations, values [batch, k] after ReLU, indices [batch, k])."""
+        """(pre-activations [batch, d_sae], values [batch, k] after ReLU, indices [batch, k])."""
         pi = self.pre_activations(x)
         values, indices = pi.topk(self.k, dim=-1, sorted=False)
         return pi, torch.relu(values), indices
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """sum_j values[:, j] * W_dec[indices[:, j]]  (+ b_dec)  -> [batch, d_in]"""
-        return sparse_decode(values.flatten(), support_of_topk(indices), self.W_dec) + self.b_dec
+        """sum_j values[:, j] * W_dec[indices[:, j]]  (+ b_dec)  -> [batch, d_in]  (an embedding bag)"""
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         _, values, indices = self.topk(x)
         return torch.zeros(x.shape[0], self.d_sae, dtype=values.dtype, device=x.device).scatter(-1, indices, values)
 
-    def loss(self, x: torch.Tensor, sparsity_coeff: float = 0.0) -> LossOutput:
+    def loss(self, x: torch.Tensor, sparsity_coeff: float | torch.Tensor = 0.0) -> LossOutput:
         """sparsity_coeff is accepted for a uniform interface and ignored (k sets the sparsity)."""
         check_sparsity_coeff(sparsity_coeff)
-        self.check_input(x)
-        with torch.no_grad():                      # the dense product only chooses; gradients flow sparsely
-            pi = centred_matmul(x, self.W_enc, self.b_enc, self.b_dec)              # [batch, d_sae]
-            indices = pi.topk(self.k, dim=-1, sorted=False).indices                 # [batch, k]
-        values = torch.relu(self._select(pi, indices, x))      # f = ReLU(TopK_k(pi)) at its k latents [batch, k]
-        x_hat = self.decode_sparse(values, indices)            # x_hat = f W_dec + b_dec           [batch, d_in]
-        reconstruction = (x_hat - x).pow(2).sum(-1).mean()
-        zero = torch.zeros((), device=x.device, dtype=x_hat.dtype)
+        pi = self.pre_activations(x)                                        # x' W_enc + b_enc  [batch, d_sae]
+        values, indices = pi.topk(self.k, dim=-1, sorted=False)             # the k largest per token [batch, k]
+        f = torch.zeros_like(pi).scatter(-1, indices, torch.relu(values))   # ReLU(TopK_k(pi))  [batch, d_sae]
+        x_hat = self.decode(f)                                              # f W_dec + b_dec  [batch, d_in]
+        reconstruction = (x - x_hat).pow(2).sum(-1).mean()                 # ||x - x_hat||^2, batch mean
+        zero = self.zero_aux(x)
         aux = zero
-        if self.aux_k is not None and self._any_dead():
-            aux = self.aux_coeff * self._auxk_loss(pi, x, (x - x_hat).detach())
+        dead = self.tokens_since_fired >= self.dead_tokens                  # [d_sae] bool
+        if self.aux_k is not None and bool(dead.any()):
+            aux = self.aux_coeff * self.auxk_loss(pi, dead, (x - x_hat).detach())
         if self.training:
-            self._update_dead_stats(values, indices)
-        values = values.detach()
-        f = lambda: torch.zeros_like(pi, dtype=values.dtype).scatter_(-1, indices, values)   # built if read
+            self.update_dead_stats((f > 0).any(0), x.shape[0])
         return LossOutput(reconstruction + aux, reconstruction, zero, aux, f, x_hat)
 
-    def _select(self, pi: torch.Tensor, indices: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """pi at the chosen latents [batch, k], with a sparse backward into the encoder (saelib/sparse.py)."""
-        support = support_of_topk(indices)
-        return select_pre_activations(pi, support, x, self.W_enc, self.b_enc, self.b_dec).view(indices.shape)
-
-    def _auxk_loss(self, pi: torch.Tensor, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """||e - e_hat||^2: the top-aux_k dead latents (by pre-activation) reconstruct the residual e."""
-        dead = (self.tokens_since_fired >= self.dead_tokens).nonzero().squeeze(1)    # [n_dead]
-        top = pi[:, dead].topk(min(self.aux_k, len(dead)), dim=-1, sorted=False).indices
-        indices = dead[top]                                                         # [batch, <= aux_k]
-        values = torch.relu(self._select(pi, indices, x)).to(self.W_dec.dtype)
-        residual_hat = sparse_decode(values.flatten(), support_of_topk(indices), self.W_dec)   # no b_dec
-        return (residual_hat - residual).pow(2).sum(-1).mean()
-
-    def _any_dead(self) -> bool:
-        """Whether some latent has not fired for dead_tokens tokens.
-
-        Reading the counts is a host sync on GPU. A latent's count grows by at most one batch per step, so
-        a host-side upper bound on the largest count answers "no" without looking until it reaches
-        dead_tokens; it is re-read then, and whenever the counts changed other than through
-        _update_dead_stats (a checkpoint loaded, a test editing them: the tensor's version moved).
-        """
-        counts = self.tokens_since_fired
-        if getattr(self, "_bound_of", None) != (counts.data_ptr(), counts._version) or \
-                self._bound >= self.dead_tokens:
-            self._bound = int(counts.max())                                         # host sync
-            self._bound_of = (counts.data_ptr(), counts._version)
-        return self._bound >= self.dead_tokens
+    def auxk_loss(self, pi: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """||e - e_hat||^2: the top-aux_k dead latents (by pre-activation) reconstruct the residual
+        e = x - x_hat [batch, d_in] through the decoder, without b_dec."""
+        assert self.aux_k is not None
+        n_dead = int(dead.sum())
+        candidates = pi.masked_fill(~dead, float("-inf"))                   # [batch, d_sae]
+        values, indices = candidates.topk(min(self.aux_k, n_dead), dim=-1, sorted=False)
+        f_aux = torch.zeros_like(pi).scatter(-1, indices, torch.relu(values))   # [batch, d_sae]
+        residual_hat = f_aux @ self.W_dec                                   # [batch, d_in]
+        return (residual - residual_hat).pow(2).sum(-1).mean()
 
     @torch.no_grad()
-    def _update_dead_stats(self, values: torch.Tensor, indices: torch.Tensor) -> None:
-        firings = torch.zeros(self.d_sae, dtype=torch.float32, device=values.device).index_add_(
-            0, indices.flatten(), (values > 0).flatten().to(torch.float32))          # [d_sae], no host sync
-        fired = firings > 0
-        bound = getattr(self, "_bound_of", None) == (self.tokens_since_fired.data_ptr(),
-                                                     self.tokens_since_fired._version)
-        self.tokens_since_fired.add_(values.shape[0]).masked_fill_(fired, 0)
-        if bound:                                   # keep the upper bound (see _any_dead) in step, sync-free
-            self._bound += values.shape[0]
-            self._bound_of = (self.tokens_since_fired.data_ptr(), self.tokens_since_fired._version)
+    def update_dead_stats(self, fired: torch.Tensor, n_tokens: int) -> None:
+        """Count n_tokens more tokens for every latent, and restart the count of those that fired
+        (fired: [d_sae] bool). No host sync."""
+        self.tokens_since_fired.add_(n_tokens).masked_fill_(fired, 0)
