@@ -1,20 +1,26 @@
 """Shared plotting helpers: one look for every figure, one way to save it.
 
-    fig, ax = new_figure()
-    plot_frontier(ax, rows, x="l0", y="delta_lm_loss", group="label")
-    save_figure(fig, "08_pareto_delta_lm_loss", scale=scale)     # figures/08_pareto_delta_lm_loss.png/.pdf
+    fig, ax = new_figure()                                   # the shared style, applied once
+    plot_frontier(ax, rows, x="l0", y="delta_lm_loss", logx=True)   # axis labels in words with units;
+                                                             # error bars where rows carry <metric>_sd
+    save_figure(fig, "08_pareto", scale=scale)               # figures/08_pareto.png/.pdf, byte-stable
     plot_frequency_histogram(ax, metrics["feature_frequencies"], label="jumprelu", n_tokens=32768)
+
+Metric names are snake_case in the code and in tables; on a figure they appear as words with units through
+`label_for` (METRIC_LABELS). Rows averaged over seeds by saelib.lab.pareto.seed_summary carry `<metric>_sd`,
+which plot_frontier draws as error bars (mean ± 1 sd). `log_axis` sets a log scale whose ticks are plain
+numbers and never collide.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 
-from saelib.files import atomic_write
-from saelib.lab.paths import figures_dir
+from saelib.lab.paths import REPO_ROOT, figures_dir
 
 # one colour per family, used by every figure
 COLORS = {
@@ -23,12 +29,69 @@ COLORS = {
 }
 _CYCLE = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
+# The shared style (applied by new_figure): small, paper-like figures that read the same in every notebook.
+STYLE: dict[str, Any] = {
+    "font.size": 8.5, "axes.titlesize": 9, "axes.labelsize": 8.5, "legend.fontsize": 7,
+    "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.4, "lines.markersize": 4,
+    "legend.frameon": False, "errorbar.capsize": 2, "figure.dpi": 100, "savefig.dpi": 130,
+    "pdf.fonttype": 42, "svg.hashsalt": "saelib",            # deterministic SVG ids, embedded TrueType in PDF
+}
+
+# snake_case metric -> what a reader sees on an axis (words, with units)
+METRIC_LABELS: dict[str, str] = {
+    "l0": "L0 (active latents per token)",
+    "fvu": "FVU (fraction of variance unexplained)",
+    "mse": "MSE per dimension",
+    "explained_variance": "explained variance (1 − FVU)",
+    "cosine_similarity": "cos(x, x̂)",
+    "delta_lm_loss": "ΔLM loss (nats/token)",
+    "loss_recovered": "loss recovered (fraction)",
+    "ce_clean": "LM loss, clean (nats/token)",
+    "ce_sae": "LM loss, SAE spliced in (nats/token)",
+    "ce_zero": "LM loss, zero-ablated (nats/token)",
+    "gamma": "γ, relative reconstruction bias",
+    "gamma_v1": "γ_v1 (first version's eq. 10)",
+    "relative_reconstruction_bias": "γ, relative reconstruction bias",
+    "relative_reconstruction_bias_v1": "γ_v1 (first version's eq. 10)",
+    "dead_fraction": "dead latents (fraction)",
+    "dense_fraction": "dense latents (fraction, > 10% of tokens)",
+    "n_dead": "dead latents (count)",
+    "n_dense": "dense latents (count, > 10% of tokens)",
+    "feature_recovery": "feature recovery (mean max cosine)",
+    "true_l0": "true L0 (active features per sample)",
+    "sparsity_coeff": "sparsity coefficient λ",
+    "k": "k (latents kept per token)",
+    "batch_size": "batch size (tokens)",
+    "lr": "learning rate",
+    "tokens": "training tokens",
+    "step": "training step",
+    "bandwidth": "bandwidth ε",
+    "theta": "threshold θ",
+    "accuracy": "accuracy",
+    "train_accuracy": "train accuracy",
+    "test_accuracy": "test accuracy",
+    "label_purity": "label purity of top activations",
+    "purity_lift": "purity above the base rate",
+}
+
+
+def label_for(name: str) -> str:
+    """The axis label for a metric name: METRIC_LABELS, else the name with spaces for underscores."""
+    return METRIC_LABELS.get(name, str(name).replace("_", " "))
+
+
+def use_style() -> None:
+    """Apply the shared style (idempotent); new_figure calls it."""
+    plt.rcParams.update(STYLE)
+
 
 def color_for(name: str, index: int = 0) -> str:
     return COLORS.get(str(name).split(" ")[0].split("+")[0].lower(), _CYCLE[index % len(_CYCLE)])
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3.4, **kwargs):
+    use_style()
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
                              constrained_layout=True, **kwargs)
     for ax in axes.flat:
@@ -36,46 +99,102 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float
     return fig, (axes[0, 0] if ncols * nrows == 1 else axes.flatten())
 
 
+class FigurePath(type(Path())):  # type: ignore[misc]
+    """The path of a saved figure; shows as the path relative to the repository (no PosixPath(...) repr,
+    no machine-specific prefix) when a notebook cell ends with save_figure(...)."""
+
+    def __repr__(self) -> str:
+        return f"saved {display_path(self)}"
+
+
+def display_path(path: str | Path) -> str:
+    """`path` relative to the repository root when it lies inside it, else as given (a str, never a repr)."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+# Metadata that would change on every save: creation dates (PDF) and the software string (PNG).
+PDF_METADATA = {"CreationDate": None, "ModDate": None}
+PNG_METADATA = {"Software": None}
+
+
 def save_figure(fig, name: str, scale: str = "default", pdf: bool = True) -> Path:
-    """Write figures/<name>.png (and .pdf) — or outputs/smoke/figures/ at smoke scale — and return the PNG path."""
+    """Write figures/<name>.png (and .pdf) — or outputs/smoke/figures/ at smoke scale — and return the PNG path.
+
+    The files carry no dates or version strings, so the same figure gives the same bytes on every run."""
     out = figures_dir(scale)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
-    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))     # never half a figure
+    fig.savefig(png, dpi=130, metadata=PNG_METADATA)
     if pdf:
-        atomic_write(out / f"{name}.pdf", lambda tmp: fig.savefig(tmp, format="pdf"))
-    return png
+        fig.savefig(out / f"{name}.pdf", metadata=PDF_METADATA)
+    return FigurePath(png)
 
 
-def plain_log_ticks(axis) -> None:
-    """Ticks at 1, 2, 5 x 10^n labelled as plain numbers ("2", "50") on a log-scaled axis, no minor labels
-    (matplotlib's default labels every minor tick "2x10^0" when the data span less than a decade or two)."""
+def plain_log_ticks(axis, span_decades: float | None = None) -> None:
+    """Plain-number labels ("2", "50", "0.01") on a log-scaled axis, no minor labels, and few enough major
+    ticks that labels never collide: 1-2-5 per decade below 2.5 decades, 1-3 up to 5 decades, powers of ten
+    beyond (matplotlib's default labels minor ticks "2x10^0" when the data span little, and its 1-2-5 labels
+    run into each other over many decades). `span_decades` defaults to the axis's current view."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    if span_decades is None:
+        low, high = sorted(axis.get_view_interval())
+        span_decades = math.log10(high / low) if low > 0 and high > 0 else 1.0
+    subs = (1.0, 2.0, 5.0) if span_decades <= 2.5 else (1.0, 3.0) if span_decades <= 5 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
+def log_axis(ax, which: str = "x") -> None:
+    """Log scale on `which` ("x", "y" or "both") with plain, non-colliding tick labels (call after plotting)."""
+    if which not in ("x", "y", "both"):
+        raise ValueError(f"which={which!r} is not allowed; allowed: 'x', 'y', 'both'")
+    for name in ("x", "y") if which == "both" else (which,):
+        getattr(ax, f"set_{name}scale")("log")
+        plain_log_ticks(getattr(ax, f"{name}axis"))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "label",
-                  logx: bool = False, logy: bool = False, marker: str = "o", annotate: str | None = None):
-    """One line per group through the (x, y) points of `rows` (dicts), sorted by x."""
+                  logx: bool = False, logy: bool = False, marker: str = "o", annotate: str | None = None,
+                  errors: bool = True):
+    """One line per group through the (x, y) points of `rows` (dicts), sorted by x.
+
+    With `errors`, rows that carry `<y>_sd` (and/or `<x>_sd`), e.g. from saelib.lab.pareto.seed_summary, get
+    error bars of ± 1 sd. Axis labels come from label_for (words with units)."""
     groups: dict[str, list[Mapping]] = {}
     for row in rows:
         groups.setdefault(str(row[group]), []).append(row)
     for i, (name, pts) in enumerate(groups.items()):
         pts = sorted(pts, key=lambda r: r[x])
-        ax.plot([p[x] for p in pts], [p[y] for p in pts], marker=marker, label=name, color=color_for(name, i))
+        xs, ys = [p[x] for p in pts], [p[y] for p in pts]
+        color = color_for(name, i)
+        yerr = [p.get(f"{y}_sd") for p in pts] if errors else []
+        xerr = [p.get(f"{x}_sd") for p in pts] if errors else []
+        has_y, has_x = any(_finite(e) for e in yerr), any(_finite(e) for e in xerr)
+        if has_y or has_x:
+            ax.errorbar(xs, ys, yerr=[e if _finite(e) else 0.0 for e in yerr] if has_y else None,
+                        xerr=[e if _finite(e) else 0.0 for e in xerr] if has_x else None,
+                        marker=marker, label=name, color=color)
+        else:
+            ax.plot(xs, ys, marker=marker, label=name, color=color)
         if annotate:
             for p in pts:
                 ax.annotate(f"{p[annotate]:.3g}", (p[x], p[y]), fontsize=6, alpha=0.7)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xlabel(label_for(x))
+    ax.set_ylabel(label_for(y))
     if logx:
-        ax.set_xscale("log")
-        plain_log_ticks(ax.xaxis)
+        log_axis(ax, "x")
     if logy:
-        ax.set_yscale("log")
+        log_axis(ax, "y")
     ax.legend(fontsize=7)
     return ax
 
@@ -97,7 +216,7 @@ def plot_frequency_histogram(ax, frequencies, label: str, n_tokens: int | None =
     counts, _, _ = ax.hist(alive, bins=edges, histtype="step", lw=1.5, color=color_for(label),
                            label=f"{label}: {int((freq == 0).sum())} dead")
     ax.axvline(math.log10(dense_threshold), color="k", ls=":", lw=0.8)
-    ax.set_xlabel("log10 feature frequency")
-    ax.set_ylabel("features")
+    ax.set_xlabel("log10 latent frequency (fraction of tokens)")
+    ax.set_ylabel("latents")
     ax.legend(fontsize=7)
     return counts
