@@ -27,6 +27,8 @@ case "$scale" in smoke|default|paper) ;; *)
 esac
 
 source scripts/ensure_env.sh || exit 1
+# batch runs: no progress bars in the saved outputs (saelib.progress), so a rerun leaves no debris or diff
+export SAELIB_PROGRESS=0
 out="${SAELIB_OUTPUT_DIR:-outputs}/$scale"
 mkdir -p "$out/executed" "$out/html" "$out/claims"
 
@@ -49,6 +51,8 @@ for nb in "${notebooks[@]}"; do
   t0=$(date +%s)
   if "$PY" -m papermill "$nb" "$out/executed/$name" "${params[@]}" -k python3 --log-level WARNING --progress-bar; then
     status=ok
+    # drop timestamps, durations and papermill paths, so that unchanged results give an unchanged file
+    "$PY" scripts/clean_notebook.py "$out/executed/$name"
     # at default scale the committed notebooks carry the outputs, so a reader sees them on a code host
     [ "$scale" = default ] && cp "$out/executed/$name" "$nb"
   else

@@ -83,7 +83,7 @@ def label_for(name: str) -> str:
 
 def use_style() -> None:
     """Apply the shared style (idempotent); new_figure calls it."""
-    plt.rcParams.update(STYLE)
+    plt.rcParams.update(STYLE)  # type: ignore[arg-type]
 
 
 def color_for(name: str, index: int = 0) -> str:
