@@ -32,7 +32,8 @@ def _random_pair(n=257, d=12, seed=0):
 # ----------------------------------------------------------------------------- relative reconstruction bias
 
 def test_gamma_paper_check_x_one_x_hat_half():
-    # DESIGN.md §1: x = 1, x_hat = 1/2 -> gamma = 1/2, first-version eq. 10 -> 1/sqrt(3)
+    # Gated paper (arXiv 2404.16014): the corrected gamma gives 1/2 for x = 1, x_hat = 1/2; the first
+    # version's eq. 10 gives 1/sqrt(3) (docs/design.md §1)
     x = torch.ones(10, 4)
     x_hat = torch.full((10, 4), 0.5)
     assert relative_reconstruction_bias(x, x_hat) == pytest.approx(0.5, abs=1e-12)

@@ -1,6 +1,6 @@
 """The embedded corpus: short English reviews from a small seeded grammar, each labelled with its sentiment.
 
-No model or data hub is reachable by default, so saelib makes its own text (DESIGN.md §3). The grammar
+No model or data hub is reachable by default, so saelib makes its own text (docs/design.md §3). The grammar
 is small but has the structure an SAE should find in a real language model:
 
   * six topics (films, restaurants, books, products, hotels, albums), each with its own entities, aspects,

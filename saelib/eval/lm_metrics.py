@@ -1,4 +1,4 @@
-"""Does the model still work with the SAE in it? Cross-entropy with the SAE spliced in (DESIGN.md §1).
+"""Does the model still work with the SAE in it? Cross-entropy with the SAE spliced in (docs/design.md §1, Metrics).
 
 Over held-out tokens, three next-token cross-entropies (mean over predicted tokens):
 

@@ -1,6 +1,6 @@
 """How good is an SAE? Sparsity, fidelity, shrinkage and feature-usage metrics.
 
-Notation (DESIGN.md §1): x [tokens, d_in] are the activations, x_hat the SAE's reconstruction, f
+Notation (docs/design.md §1): x [tokens, d_in] are the activations, x_hat the SAE's reconstruction, f
 [tokens, d_sae] its feature activations. E[.] is the mean over tokens.
 
     L0     = E ||f||_0                                          (active features per token)

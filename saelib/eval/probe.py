@@ -1,4 +1,4 @@
-"""The sentiment probe study (DESIGN.md §1): do SAE codes keep what a linear probe can read from the model?
+"""The sentiment probe study (docs/design.md §1): do SAE codes keep what a linear probe can read from the model?
 
 For each layer, on labelled prompts "Review: ... Sentiment:" read at their last token:
 

@@ -1,4 +1,4 @@
-"""The three scales every notebook takes (DESIGN.md §4).
+"""The three scales every notebook takes (docs/design.md §4).
 
 smoke    CI: seconds per notebook on 2 CPU cores; tiny SAEs, a couple of sweep points.
 default  the embedded reproduction: the whole of run_all.sh in well under an hour on 2 CPU cores.
