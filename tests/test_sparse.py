@@ -222,3 +222,14 @@ def test_sparse_step_is_deterministic_on_two_threads():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(g, grads[0]) for g in grads[1:])
+
+
+def test_a_loss_set_on_the_instance_or_a_subclass_is_honoured():
+    sae = ReLUSAE(8, 16)
+    sae.loss = lambda x, c: "wrapped"
+    assert training_loss(sae, "cpu")(torch.randn(4, 8), 0.1) == "wrapped"
+
+    class Custom(ReLUSAE):
+        def loss(self, x, sparsity_coeff):
+            return "custom"
+    assert training_loss(Custom(8, 16), "cpu")(torch.randn(4, 8), 0.1) == "custom"

@@ -10,7 +10,8 @@
                                       step on a CPU (saelib/fast/gated.py)
     TopK                              the sparse step on any device (its support is always B*k, so
                                       there is no density test and no host sync)
-    anything else                     `sae.loss`
+    anything else                     `sae.loss` (so also a subclass, or an SAE whose instance has its own
+                                      `loss`, e.g. a wrapper)
 With gradients disabled (evaluation) every function calls `sae.loss`.
 """
 from __future__ import annotations
@@ -43,15 +44,17 @@ def training_loss(sae: SAE, device: torch.device | str | None = None, *,
     carry a gradient; 0 = never."""
     device = torch.device(device) if device is not None else sae.W_dec.device
     cpu = device.type == "cpu"
-    architecture = sae.architecture           # (by name: a subclass with its own equations is not matched)
-    if architecture == "topk" and isinstance(sae, TopKSAE):
+    if "loss" in vars(sae):                   # a loss set on the instance (a wrapper) is always honoured
+        return sae.loss
+    # by exact type: a subclass may change the equations
+    if type(sae) is TopKSAE:
         return TopKStep(sae)
     step: Step | None = None
-    if architecture == "standard" and isinstance(sae, ReLUSAE) and cpu:
+    if type(sae) is ReLUSAE and cpu:
         step = relu_step
-    elif architecture == "jumprelu" and isinstance(sae, JumpReLUSAE) and cpu and jumprelu_has_sparse_step(sae):
+    elif type(sae) is JumpReLUSAE and cpu and jumprelu_has_sparse_step(sae):
         step = jumprelu_step
-    elif architecture == "gated" and isinstance(sae, GatedSAE) and gated_has_fast_step(sae):
+    elif type(sae) is GatedSAE and gated_has_fast_step(sae):
         step = gated_step
         max_density = max_density if cpu else 0.0
     if step is None:

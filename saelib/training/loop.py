@@ -40,6 +40,7 @@ from saelib.training.batches import IteratorBatches, as_batch_source
 from saelib.training.checkpoint import (CheckpointError, capture_optimizer_state, capture_rng_state, flatten_state,
                          latest_checkpoint, load_checkpoint, load_optimizer_state, restore_rng_state,
                          save_checkpoint, unflatten_state)
+from saelib.fast import training_loss
 from saelib.training.resampling import DeadFeatureTracker, resample_dead_features, sample_inputs_by_loss
 from saelib.training.schedules import lr_multiplier, sparsity_coeff_at
 
@@ -190,12 +191,13 @@ class TrainConfig:
 class _Objective(nn.Module):
     """sae.loss as a forward(), so that DistributedDataParallel sees (and synchronises) the backward."""
 
-    def __init__(self, sae: nn.Module):
+    def __init__(self, sae: nn.Module, loss_fn):
         super().__init__()
         self.sae = sae
+        self.loss_fn = loss_fn              # saelib.fast.training_loss(sae, device), chosen once
 
     def forward(self, x: torch.Tensor, sparsity_coeff: float):
-        return self.sae.loss(x, sparsity_coeff)
+        return self.loss_fn(x, sparsity_coeff)
 
 
 @dataclass
@@ -354,7 +356,7 @@ def train_sae(sae: nn.Module, batches, cfg: TrainConfig, *, resume: bool = False
         torch.manual_seed(cfg.seed)
         progress = _Progress()
 
-    objective = _Objective(sae)
+    objective = _Objective(sae, training_loss(sae, device))
     if info.enabled:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
