@@ -3,8 +3,9 @@
     python benchmarks/profile_step.py --arch jumprelu --l0 64      # a sparse step at a trained sparsity
     python benchmarks/profile_step.py --arch standard              # random init: the dense step
 
-The same step and sizes as benchmarks/train_step.py (forward, loss, backward, hooks, Adam, zero_grad);
---l0 sets the thresholds/biases the same way (train_step.set_l0).
+The same step and sizes as benchmarks/train_step.py (forward, the loss function train_sae chooses,
+saelib.fast.training_loss, backward, hooks, Adam, zero_grad); --l0 sets the thresholds/biases the same
+way (train_step.set_l0); --max-density sets the sparse step's threshold (0 = always dense).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def main(argv=None):
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
+    p.add_argument("--max-density", type=float, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="profiled steps (after 2 warm-up steps)")
     p.add_argument("--top", type=int, default=15)
@@ -46,7 +48,8 @@ def main(argv=None):
         for _ in range(a.steps):
             step()
     l0 = "" if handles is None else f", L0 {train_step.measured_l0(handles, x):.0f}"
-    print(f"{a.arch}, d_in {a.d_in}, d_sae {a.d_sae}, batch {a.batch}, {a.threads} threads{l0}; "
+    print(f"{a.arch}, d_in {a.d_in}, d_sae {a.d_sae}, batch {a.batch}, {a.threads} threads{l0}, "
+          f"loss function {getattr(step, 'loss_fn', None)!r}; "
           f"{a.steps} steps (times are totals over them)")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
 

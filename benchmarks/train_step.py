@@ -8,10 +8,12 @@
 Two states. By default every SAE is at its random initialisation, where about half the latents fire:
 the dense worst case. With --l0 N every implementation's biases or thresholds are first moved so that
 each latent fires on N / d_sae of the batch (about N per token), the sparsity of a trained SAE, where
-saelib takes its sparse step (saelib/sparse.py). The L0 each implementation has after the timed steps is
+saelib takes its sparse step (saelib/fast). The L0 each implementation has after the timed steps is
 printed; the peers' own steps run densely whatever their L0.
 
-One step is what saelib.training.loop.train_sae does per batch: forward, loss, backward, the SAE's
+One step is what saelib.training.loop.train_sae does per batch: forward, the loss function train_sae
+chooses once (saelib.fast.training_loss(sae, device): the sparse step on a CPU when sparse enough,
+--max-density sets its threshold), backward, the SAE's
 before_optimizer_step hook, Adam step, after_optimizer_step hook, zero_grad. The peers run their own
 full steps: SAELens's SAETrainer.step (its bookkeeping and gradient clipping included) and
 dictionary_learning's trainer.update.
@@ -74,21 +76,25 @@ def make_ours(arch, a, device, x, adam="train_sae"):
     """saelib's step, as in train_sae's hot loop (Adam as train_sae builds it: fused on CUDA, foreach on
     CPU; adam="fused" forces torch's fused Adam, "ours+fused" in the table)."""
     from saelib import create_sae
+    from saelib.fast import SPARSE_MAX_DENSITY, training_loss
 
     options = {"k": a.k, "aux_k": a.d_in // 2} if arch == "topk" else {}
     sae = create_sae(arch, a.d_in, a.d_sae, **options).to(device).train()
+    max_density = getattr(a, "max_density", None)
+    loss_fn = training_loss(sae, device, max_density=SPARSE_MAX_DENSITY if max_density is None else max_density)
     params = [p for p in sae.parameters() if p.requires_grad]
     fused = device.type == "cuda" if adam == "train_sae" else adam == "fused"
     opt = torch.optim.Adam(params, lr=1e-4, betas=(0.0, 0.999), fused=fused)
     lam = 1.0 if arch == "jumprelu" else 1e-2
 
     def step():
-        out = sae.loss(x, lam)
+        out = loss_fn(x, lam)
         out.loss.backward()
         sae.before_optimizer_step()
         opt.step()
         sae.after_optimizer_step()
         opt.zero_grad(set_to_none=True)
+    step.loss_fn = loss_fn                  # (shown by profile_step.py)
     return step, sae
 
 
@@ -158,7 +164,8 @@ def make_matmul(arch, a, device, x):
 def firing_handles(impl, arch, model):
     """(pre(x): the pre-activations that decide firing [batch, d_sae], cut(): the firing threshold,
     shift(q): move the bias or threshold so that pi > cut becomes pi > q) for each implementation."""
-    P = lambda name: getattr(model, name)
+    def P(name):
+        return getattr(model, name)
     if arch == "topk" or model is None:
         return None
     if impl.startswith("ours"):
@@ -170,7 +177,8 @@ def firing_handles(impl, arch, model):
         return (model.pre_activations, lambda: 0.0, lambda q: P("b_enc").sub_(q))
     if impl == "saelens":                   # b_dec is zero at init and not subtracted elsewhere
         bias = "b_gate" if arch == "gated" else "b_enc"
-        pre = lambda x: (x - model.b_dec) @ model.W_enc + P(bias)
+        def pre(x):
+            return (x - model.b_dec) @ model.W_enc + P(bias)
         if arch == "jumprelu":
             return pre, lambda: model.threshold, lambda q: P("threshold").copy_(q.clamp_min(1e-4))
         return pre, lambda: 0.0, lambda q: P(bias).sub_(q)
@@ -200,7 +208,11 @@ def measured_l0(handles, x) -> float:
     return float((pre(x) > cut()).sum(-1).float().mean())
 
 
-MAKERS = {"ours": make_ours, "ours+fused": lambda *args: make_ours(*args, adam="fused"),
+def make_ours_fused(arch, a, device, x):
+    return make_ours(arch, a, device, x, adam="fused")
+
+
+MAKERS = {"ours": make_ours, "ours+fused": make_ours_fused,
           "saelens": make_saelens, "dictionary_learning": make_dictionary_learning, "matmul": make_matmul}
 
 
@@ -300,7 +312,7 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
         for w in workers.values():                             # warm-up (Adam state, allocator, caches)
             w.steps(a.warmup)
         order = list(workers)
-        times = {impl: [] for impl in workers}
+        times: dict[str, list[float]] = {impl: [] for impl in workers}
         for r in range(a.repeats):
             rotated = order[r % len(order):] + order[:r % len(order)]
             for impl in rotated:
@@ -319,15 +331,15 @@ def run_arch(arch, a, impls, ctx) -> list[dict]:
         row = {"arch": arch, "impl": impl, "k": a.k if arch == "topk" else None,
                "ms": 1e3 * statistics.median(t), "tokens_s": a.batch / statistics.median(t),
                "gflops": flops / statistics.median(t) / 1e9,
-               "of_matmul": statistics.median(flops / ti / m for ti, m in zip(t, mm)),
+               "of_matmul": statistics.median(flops / ti / m for ti, m in zip(t, mm, strict=True)),
                "matmul_gflops": statistics.median(mm) / 1e9,
                "peak_mb": memory[impl][1] / 2**20, "step_mb": (memory[impl][1] - memory[impl][0]) / 2**20,
                "l0_after": l0s[impl]}
         if arch == "topk":           # > 1: faster than a dense step could ever be at the matmul rate
             dense = step_flops("standard", a.batch, a.d_in, a.d_sae, a.k)
-            row["vs_dense_floor"] = statistics.median(dense / m / ti for ti, m in zip(t, mm))
+            row["vs_dense_floor"] = statistics.median(dense / m / ti for ti, m in zip(t, mm, strict=True))
         if impl in PEERS:            # paired: ours is this many times faster than the peer
-            row["ours_speedup"] = statistics.median(tp / to for tp, to in zip(t, times["ours"]))
+            row["ours_speedup"] = statistics.median(tp / to for tp, to in zip(t, times["ours"], strict=True))
         rows.append(row)
     return rows
 
@@ -369,6 +381,9 @@ def parse_args(argv=None):
                    help="set every implementation's biases/thresholds so that about this many latents fire "
                         "per token (a trained SAE's state); default: the random initialisation (about half "
                         "fire: the dense worst case). Not used for TopK (k sets it)")
+    p.add_argument("--max-density", type=float, default=None,
+                   help="saelib's sparse-step threshold (saelib.fast.training_loss's max_density, default "
+                        "SPARSE_MAX_DENSITY; 0 = always dense, 1 = sparse whenever possible)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per implementation")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every worker")

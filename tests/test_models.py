@@ -201,6 +201,45 @@ def test_jumprelu_adaptive_bandwidth_moves_towards_target_window_count():
     assert 4 <= inside.median().item() <= 64                            # near the target of 16 per batch
 
 
+def _exact_eps_threshold_gradient(sae, x, lam, eps):
+    """d loss / d log_threshold from the pseudo-derivatives, by hand, with bandwidth eps (rectangle kernel):
+    d/dtheta JumpReLU = -(theta/eps) K((pi - theta)/eps),  d/dtheta H = -(1/eps) K((pi - theta)/eps)."""
+    with torch.no_grad():
+        pi, theta = sae.pre_activations(x), sae.threshold                       # [B, d_sae], [d_sae]
+        f = pi * (pi > theta)
+        x_hat = f @ sae.W_dec + sae.b_dec
+        grad_f = 2 * (x_hat - x) @ sae.W_dec.T / x.shape[0]                      # d recon / d f  [B, d_sae]
+        K = ((pi - theta).abs() < eps / 2).to(pi.dtype)                         # rectangle kernel
+        grad_theta = (K * (-(theta / eps) * grad_f - lam / (eps * x.shape[0]))).sum(0)
+        return grad_theta * theta                                               # theta = exp(log_threshold)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_float64_jumprelu_threshold_gradient_uses_the_exact_bandwidth(fast):
+    from saelib.fast import training_loss
+
+    torch.manual_seed(0)
+    eps, lam, batch = 1e-3, 0.7, 64
+    sae = JumpReLUSAE(16, 32, bandwidth=eps, theta_init=1.0).double()
+    assert sae.bandwidths.dtype == torch.float64 and (sae.bandwidths == eps).all()    # exactly 1e-3
+    x = torch.randn(batch, 16, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():                 # one pre-activation of each feature inside its kernel window
+        rows = torch.arange(32) % batch
+        sae.b_enc.add_(1.0 - sae.pre_activations(x)[rows, torch.arange(32)])
+        offsets = (torch.rand(32, generator=g, dtype=torch.float64) - 0.5) * 0.8 * eps   # |u| < 0.4
+        sae.log_threshold.copy_(torch.log(1.0 + offsets))
+    loss_fn = training_loss(sae, "cpu", max_density=1.0) if fast else sae.loss
+    loss_fn(x, lam).loss.backward()
+    expected = _exact_eps_threshold_gradient(sae, x, lam, eps)
+    assert (expected != 0).all()
+    torch.testing.assert_close(sae.log_threshold.grad, expected, rtol=1e-12, atol=0)
+    # the test can tell: a float32-rounded bandwidth would be off by ~5e-8 relative
+    eps32 = torch.tensor(eps, dtype=torch.float32).item()
+    rel = ((_exact_eps_threshold_gradient(sae, x, lam, eps32) - expected) / expected).abs().max().item()
+    assert rel > 1e-9
+
+
 @pytest.mark.parametrize("call, param", [
     (lambda: create_sae("relu2", 8, 16), "architecture"),
     (lambda: JumpReLUSAE(8, 16, kernel="box"), "kernel"),
