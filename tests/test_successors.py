@@ -4,12 +4,15 @@ its save/load and checkpoint/resume; JumpReLU options from Anthropic's Circuits 
 tanh sparsity penalty, pre-activation loss, straight-through gradients into the encoder — and Gemma Scope 2's
 quadratic L0 penalty. The same terms against SAELens's training classes: tests/test_successors_saelens.py."""
 
+import math
+
 import pytest
 import torch
 
 from saelib.io import load_sae, save_sae
 from saelib.models.architectures import create_sae
 from saelib.models.batchtopk import BatchTopKSAE
+from saelib.models.jumprelu import JumpReLUSAE
 from saelib.training.checkpoint import latest_checkpoint
 from saelib.training.loop import TrainConfig, train_sae
 
@@ -134,3 +137,156 @@ def test_batchtopk_resume_restores_the_running_threshold_bitwise(tmp_path):
     for name, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     assert hist == ref_hist
+
+
+# ----------------------------------------------------------------------------- JumpReLU: the 2025 options
+# W_enc = I, W_dec = diag(2, 0.5) (decoder norms 2 and 0.5), zero biases, theta = 0.5, eps = 0.1, so pi = x:
+#   token 0: pi = (1, 3)      both fire
+#   token 1: pi = (0.52, 0.2) latent 0 fires, inside its kernel window (|0.52 - 0.5| < eps / 2); latent 1 off
+#   token 2: pi = (0.3, 4)    latent 0 off, latent 1 fires
+X_J = torch.tensor([[1.0, 3.0], [0.52, 0.2], [0.3, 4.0]], dtype=torch.float64)
+THETA, EPS = 0.5, 0.1
+
+
+def _jumprelu(**options):
+    sae = JumpReLUSAE(2, 2, bandwidth=EPS, theta_init=THETA, **options).double()
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(2, dtype=torch.float64))
+        sae.W_dec.copy_(torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64)))
+        sae.log_threshold.fill_(math.log(THETA))                   # exactly (the init rounds it to float32)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_tanh_penalty_by_hand():
+    """Anthropic, January 2025: sum_i tanh(c f_i ||W_dec[i]||), batch mean; c = 0.25 here."""
+    sae = _jumprelu(sparsity_mode="tanh", tanh_scale=0.25)
+    out = sae.loss(X_J, 0.0)
+    expected = (math.tanh(0.25 * 1 * 2) + math.tanh(0.25 * 3 * 0.5)        # token 0
+                + math.tanh(0.25 * 0.52 * 2)                                # token 1
+                + math.tanh(0.25 * 4 * 0.5)) / 3                            # token 2
+    assert out.sparsity.item() == pytest.approx(expected, abs=1e-12)
+    assert torch.equal(out.f, torch.tensor([[1.0, 3.0], [0.52, 0.0], [0.0, 4.0]], dtype=torch.float64))
+    assert not sae.paper_recipe
+
+
+def test_quadratic_penalty_by_hand():
+    """Gemma Scope 2: per token (2 / L0*) (L0 - L0*)^2, batch mean; L0 per token = (2, 1, 1), L0* = 1."""
+    sae = _jumprelu(sparsity_mode="quadratic", target_l0=1)
+    out = sae.loss(X_J, 0.5)
+    assert out.sparsity.item() == pytest.approx(2 / 1 * (1 + 0 + 0) / 3, abs=1e-12)
+    assert out.loss.item() == pytest.approx(out.reconstruction.item() + 0.5 * 2 / 3, abs=1e-12)
+    # gradient: d/dtheta_0 of the token-1 term (L0 1 -> 0 if theta_0 passes 0.52) through eq. 12's kernel:
+    # 2/L0* * 2 (L0_1 - L0*) = 0 for token 1, so only the token at L0 = 2 could push, and it has no latent in
+    # a window: the L0 term gives theta no gradient here
+    sae.zero_grad()
+    out.sparsity.backward()
+    assert torch.count_nonzero(sae.log_threshold.grad) == 0
+
+
+def test_quadratic_penalty_gradient_by_hand():
+    """With L0* = 0.5: token 1 (L0 = 1, latent 0 in its window) contributes d/dL0 = 2/L0* * 2 (1 - 0.5) = 4,
+    so dL/dtheta_0 = -(1/eps) K(0.2) * 4 / 3 and d/dlog theta_0 = theta_0 times that."""
+    sae = _jumprelu(sparsity_mode="quadratic", target_l0=0.5)
+    sae.loss(X_J, 0.0).sparsity.backward()
+    assert sae.log_threshold.grad[0].item() == pytest.approx(THETA * -(1 / EPS) * 4 / 3, rel=1e-12)
+    assert sae.log_threshold.grad[1].item() == 0.0
+
+
+@pytest.mark.parametrize("on, expected", [("all", (0.3 * 0.5 + 0.2 * 2) / 3), ("dead", 0.3 * 0.5 / 3)])
+def test_pre_activation_loss_by_hand(on, expected):
+    """Anthropic, January 2025: lambda_P sum_i ReLU(theta_i - pi_i) ||W_dec[i]||, batch mean. Below
+    threshold: token 1 latent 1 (0.3 short, norm 0.5), token 2 latent 0 (0.2 short, norm 2). With
+    pre_act_on="dead" only latent 1 is dead here (it has not fired for dead_tokens tokens)."""
+    sae = _jumprelu(pre_act_loss_coeff=2.0, pre_act_on=on, dead_tokens=10)
+    if on == "dead":
+        with torch.no_grad():
+            sae.tokens_since_fired.copy_(torch.tensor([0, 10]))
+    out = sae.loss(X_J, 0.0)
+    assert out.aux.item() == pytest.approx(2.0 * expected, abs=1e-12)
+    assert out.loss.item() == pytest.approx(out.reconstruction.item() + out.aux.item(), abs=1e-12)
+    sae.zero_grad()
+    out.aux.backward()
+    # d/dpi = -lambda_P ||W_dec[i]|| / B below the threshold; d/dtheta = +that; d/dW_dec[i] along W_dec[i]
+    grad_b1 = -2.0 * 0.5 / 3
+    assert sae.b_enc.grad[1].item() == pytest.approx(grad_b1, abs=1e-12)
+    assert sae.log_threshold.grad[1].item() == pytest.approx(-grad_b1 * THETA, abs=1e-12)
+    assert sae.W_dec.grad[1, 1].item() == pytest.approx(2.0 * 0.3 / 3, abs=1e-12)
+    if on == "dead":
+        assert sae.b_enc.grad[0].item() == 0.0
+        assert torch.equal(sae.tokens_since_fired, torch.tensor([0, 0]))   # latent 1 fired in this batch
+    else:
+        assert sae.b_enc.grad[0].item() == pytest.approx(-2.0 * 2 / 3, abs=1e-12)
+
+
+@pytest.mark.parametrize("encoder_ste", [False, True])
+def test_encoder_ste_gradients_by_hand(encoder_ste):
+    """The jump's pseudo-derivative reaches pi only with encoder_ste: d/dpi H(pi - theta) = +(1/eps) K(u) and
+    d/dpi JumpReLU = H + (theta/eps) K(u); only token 1's latent 0 is in a window (K = 1). theta's gradients
+    (eqs. 11-12) are the same either way."""
+    sae = _jumprelu(encoder_ste=encoder_ste)
+    out = sae.loss(X_J, 1.0)
+    assert out.sparsity.item() == pytest.approx((2 + 1 + 1) / 3, abs=1e-12)        # L0 mode (eq. 6)
+    sae.zero_grad()
+    out.sparsity.backward()                                      # batch-mean L0
+    jump = (1 / EPS) / 3 if encoder_ste else 0.0
+    torch.testing.assert_close(sae.b_enc.grad, torch.tensor([jump, 0.0], dtype=torch.float64))
+    assert sae.log_threshold.grad[0].item() == pytest.approx(THETA * -(1 / EPS) / 3, rel=1e-12)
+
+    sae.zero_grad()
+    sae.loss(X_J, 0.0).f.sum().backward()                        # sum of the codes
+    # d/dpi f summed over tokens: latent 0: token 0 (1) + token 1 (1 + theta/eps if encoder_ste); latent 1: 2
+    expected = torch.tensor([2.0 + (THETA / EPS if encoder_ste else 0.0), 2.0], dtype=torch.float64)
+    torch.testing.assert_close(sae.b_enc.grad, expected)
+    assert sae.log_threshold.grad[0].item() == pytest.approx(THETA * -(THETA / EPS), rel=1e-12)
+
+
+def test_default_jumprelu_is_the_paper_recipe_and_the_dense_successor_path_agrees_with_it():
+    """The defaults keep the paper's loss (and saelib.fast's sparse step); the successor path's dense
+    pseudo-derivatives (jumprelu_ste, heaviside_ste) give the same loss and gradients for sparsity_mode="l0"."""
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(6, 24, bandwidth=0.05, theta_init=0.1).double()
+    assert sae.paper_recipe and sae.sparsity_mode == "l0" and sae.penalty == "l0"
+    assert JumpReLUSAE(6, 24, penalty="l1").sparsity_mode == "l1"
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3)
+    x = torch.randn(64, 6, dtype=torch.float64)
+    grads = []
+    for path in ("paper", "successor"):
+        sae.zero_grad()
+        if path == "paper":
+            out = sae.loss(x, 0.3)
+        else:
+            pi, theta = sae.pre_activations(x), sae.threshold
+            out = sae._successor_loss(x, pi, theta, sae.bandwidths.to(pi.dtype), 0.3)
+        out.loss.backward()
+        grads.append((out.loss.detach(), *(p.grad.clone() for p in sae.parameters())))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.count_nonzero(sae.log_threshold.grad) > 0
+
+
+def test_successor_options_validation_names_the_parameter():
+    for bad, name in ((dict(sparsity_mode="cubic"), "sparsity_mode"),
+                      (dict(penalty="l1", sparsity_mode="tanh"), "penalty"),
+                      (dict(sparsity_mode="quadratic"), "target_l0"),
+                      (dict(sparsity_mode="quadratic", target_l0=0), "target_l0"),
+                      (dict(sparsity_mode="quadratic", target_l0=99), "target_l0"),
+                      (dict(sparsity_mode="tanh", target_l0=4), "target_l0"),
+                      (dict(tanh_scale=0), "tanh_scale"),
+                      (dict(pre_act_loss_coeff=-1), "pre_act_loss_coeff"),
+                      (dict(pre_act_on="alive"), "pre_act_on"),
+                      (dict(encoder_ste=1), "encoder_ste")):
+        with pytest.raises(ValueError, match=name):
+            JumpReLUSAE(4, 16, **bad)
+    assert JumpReLUSAE(4, 16, penalty="l1", sparsity_mode="l1").penalty == "l1"
+
+
+def test_successor_options_survive_save_and_load(tmp_path):
+    sae = _jumprelu(sparsity_mode="quadratic", target_l0=1.5, pre_act_loss_coeff=3e-6, pre_act_on="dead",
+                    dead_tokens=100, encoder_ste=True).float()
+    save_sae(sae, tmp_path / "sae")
+    loaded = load_sae(tmp_path / "sae")
+    assert loaded.config() == sae.config()
+    assert not loaded.paper_recipe

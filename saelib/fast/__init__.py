@@ -52,7 +52,7 @@ def training_loss(sae: SAE, device: torch.device | str | None = None, *,
     step: Step | None = None
     if type(sae) is ReLUSAE and cpu:
         step = relu_step
-    elif type(sae) is JumpReLUSAE and cpu and jumprelu_has_sparse_step(sae):
+    elif type(sae) is JumpReLUSAE and cpu and jumprelu_has_sparse_step(sae) and sae.paper_recipe:  # no 2025 options
         step = jumprelu_step
     elif type(sae) is GatedSAE and gated_has_fast_step(sae):
         step = gated_step

@@ -95,7 +95,7 @@ class BatchTopKSAE(SAE):
         pi = self.pre_activations(x)
         return torch.relu(pi) * (pi > self.threshold)
 
-    def loss(self, x: torch.Tensor, sparsity_coeff: float = 0.0) -> LossOutput:
+    def loss(self, x: torch.Tensor, sparsity_coeff: float | torch.Tensor = 0.0) -> LossOutput:
         """sparsity_coeff is accepted for a uniform interface and ignored (k sets the sparsity)."""
         check_sparsity_coeff(sparsity_coeff)
         pi = self.pre_activations(x)

@@ -109,3 +109,64 @@ def jumprelu(z, theta, eps, kernel: str = "rectangle") -> torch.Tensor:
 def step_l0(z, theta, eps, kernel: str = "rectangle") -> torch.Tensor:
     """Batch-mean of sum_i H(z_i - theta_i) with the pseudo-derivative of eq. 12 for theta."""
     return jumprelu_with_l0(z, theta, eps, kernel)[1]
+
+
+# ----------------------------------------------------------------------------- successors (2025)
+# Dense pseudo-derivatives with an option the 2024 paper does not have: `to_input`, straight-through
+# gradients that also reach the pre-activations z (and so the encoder) through the jump. The step depends on
+# z only through z - theta, so its pseudo-derivative in z is minus the one in theta (SAELens's
+# `jumprelu_ste_to_input`, which its docs attribute to Anthropic's January-2025 recipe):
+#     d/dz H(z - theta)      := +(1 / eps)     K((z - theta) / eps)
+#     d/dz JumpReLU_theta(z) := H(z - theta) + (theta / eps) K((z - theta) / eps)
+# With to_input=False these are the paper's eqs. 11-12 (d/dz H := 0, d/dz JumpReLU := H).
+
+
+class JumpReLUSTE(torch.autograd.Function):
+    """f = z * H(z - theta) [batch, d_sae]; theta gets eq. 11, z gets H (+ the jump if to_input)."""
+
+    @staticmethod
+    def forward(ctx, z, theta, eps, kernel_name: str, to_input: bool):
+        ctx.save_for_backward(z, theta, eps)
+        ctx.kernel_name, ctx.to_input = kernel_name, to_input
+        return torch.where(z > theta, z, 0)
+
+    @staticmethod
+    def backward(ctx, grad_f):
+        z, theta, eps = ctx.saved_tensors
+        u = z - theta
+        jump = (theta / eps) * get_kernel(ctx.kernel_name)(u / eps) * grad_f       # [batch, d_sae]
+        grad_z = torch.where(u > 0, grad_f, 0)
+        if ctx.to_input:
+            grad_z = grad_z + jump
+        grad_theta = -jump.sum(0) if ctx.needs_input_grad[1] else None
+        return grad_z, grad_theta, None, None, None
+
+
+class HeavisideSTE(torch.autograd.Function):
+    """H(z - theta) as 0/1 in z's dtype [batch, d_sae]; theta gets eq. 12, z gets the jump if to_input."""
+
+    @staticmethod
+    def forward(ctx, z, theta, eps, kernel_name: str, to_input: bool):
+        ctx.save_for_backward(z, theta, eps)
+        ctx.kernel_name, ctx.to_input = kernel_name, to_input
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        z, theta, eps = ctx.saved_tensors
+        jump = get_kernel(ctx.kernel_name)((z - theta) / eps) * grad_h / eps         # [batch, d_sae]
+        grad_z = jump if ctx.to_input else None
+        grad_theta = -jump.sum(0) if ctx.needs_input_grad[1] else None
+        return grad_z, grad_theta, None, None, None
+
+
+def jumprelu_ste(z: torch.Tensor, theta: torch.Tensor, eps: torch.Tensor, kernel: str = "rectangle",
+                 to_input: bool = False) -> torch.Tensor:
+    """JumpReLU_theta(z) (eq. 4), computed densely, with eq. 11 for theta and, if to_input, the jump for z."""
+    return JumpReLUSTE.apply(z, theta, torch.as_tensor(eps, dtype=z.dtype, device=z.device), kernel, to_input)
+
+
+def heaviside_ste(z: torch.Tensor, theta: torch.Tensor, eps: torch.Tensor, kernel: str = "rectangle",
+                  to_input: bool = False) -> torch.Tensor:
+    """H(z - theta) [batch, d_sae] with eq. 12 for theta and, if to_input, the jump for z."""
+    return HeavisideSTE.apply(z, theta, torch.as_tensor(eps, dtype=z.dtype, device=z.device), kernel, to_input)
