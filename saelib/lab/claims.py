@@ -6,6 +6,14 @@ run_all.sh assembles them into figures/CLAIMS.md. A claim that does not hold is 
                expected="gamma within 0.05 of 1", observed=f"gamma = {g:.3f}", holds=abs(g - 1) < 0.05)
     claims.show()            # a table in the notebook; also saved to outputs/<scale>/claims/04_shrinkage.json
 
+A claim that compares arms records how it was judged: `n_seeds`, the observed mean ± sd, the paper's own
+figure (`paper`: a number or stated result with its table/figure reference) and the verdict `rule`.
+`add_result` fills observed / holds / n_seeds / rule from a saelib.lab.pareto.judge result:
+
+    result = judge(paired_at_equal_l0(gated_rows, relu_rows, "delta_lm_loss"), expect="lower")
+    claims.add_result("Gated beats ReLU at equal L0", source="Gated paper §5.1",
+                      paper="Fig. 1: ...", expected="lower delta LM loss at every compared L0", result=result)
+
     python -m saelib.lab.claims --scale default     # writes figures/CLAIMS.md (outputs/smoke/figures at smoke)
 """
 from __future__ import annotations
@@ -27,6 +35,9 @@ class Claim:
     expected: str
     observed: str
     holds: bool
+    n_seeds: int | None = None     # seeds behind each compared point (None: not a seeded comparison)
+    paper: str = ""                # the paper's own figure: number or stated result, with table/figure
+    rule: str = ""                 # the verdict rule (how "holds" was decided)
 
 
 class Claims:
@@ -35,11 +46,18 @@ class Claims:
         self.path = output_dir(scale) / "claims" / f"{notebook}.json"
         self.items: list[Claim] = []
 
-    def add(self, claim: str, source: str, expected: str, observed: str, holds: bool) -> Claim:
-        item = Claim(self.notebook, claim, source, expected, observed, bool(holds))
+    def add(self, claim: str, source: str, expected: str, observed: str, holds: bool, *,
+            n_seeds: int | None = None, paper: str = "", rule: str = "") -> Claim:
+        item = Claim(self.notebook, claim, source, expected, observed, bool(holds),
+                     None if n_seeds is None else int(n_seeds), paper, rule)
         self.items = [c for c in self.items if c.claim != claim] + [item]
         self.save()
         return item
+
+    def add_result(self, claim: str, source: str, expected: str, result, *, paper: str = "") -> Claim:
+        """add() from a saelib.lab.pareto.Result: its observed text, verdict, seed count and rule."""
+        return self.add(claim, source, expected, result.observed, result.holds, n_seeds=result.n_seeds,
+                        paper=paper, rule=result.rule)
 
     def save(self) -> Path:
         atomic_write_json(self.path, [asdict(c) for c in self.items], indent=1)
@@ -57,9 +75,11 @@ class Claims:
 
 
 def markdown_table(items: list[Claim]) -> str:
-    lines = ["| notebook | claim | source | expected | observed | holds |", "|---|---|---|---|---|---|"]
+    lines = ["| notebook | claim | source | paper's figure | expected | observed (mean ± sd) | seeds | verdict rule "
+             "| holds |", "|---|---|---|---|---|---|---|---|---|"]
     for c in items:
-        cells = [c.notebook, c.claim, c.source, c.expected, c.observed, "yes" if c.holds else "**no**"]
+        cells = [c.notebook, c.claim, c.source, c.paper or "—", c.expected, c.observed,
+                 "—" if c.n_seeds is None else c.n_seeds, c.rule or "—", "yes" if c.holds else "**no**"]
         lines.append("| " + " | ".join(str(x).replace("|", "/").replace("\n", " ") for x in cells) + " |")
     return "\n".join(lines)
 
@@ -67,7 +87,8 @@ def markdown_table(items: list[Claim]) -> str:
 def load_claims(scale: str) -> list[Claim]:
     items = []
     for path in sorted((output_dir(scale) / "claims").glob("*.json")):
-        items += [Claim(**c) for c in json.loads(path.read_text())]
+        items += [Claim(**{k: v for k, v in c.items() if k in Claim.__dataclass_fields__})
+                  for c in json.loads(path.read_text())]
     return items
 
 

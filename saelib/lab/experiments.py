@@ -15,40 +15,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from saelib.progress import tqdm
 
+from saelib.eval.metrics import evaluate_sae
+from saelib.files import atomic_write_json, read_json
+from saelib.io import load_sae, save_sae
+from saelib.lab.paths import output_dir
+from saelib.lab.protocol import Protocol, held_out_objective
+from saelib.lab.protocol import train_config as protocol_train_config
+from saelib.lab.scales import Scale
 from saelib.models.architectures import ARCHITECTURES, create_sae
 from saelib.models.base import SAE
-from saelib.validation import check_choice, check_positive
-from saelib.io import load_sae, save_sae
-from saelib.eval.metrics import evaluate_sae
-from saelib.lab.paths import output_dir
-from saelib.lab.scales import Scale
+from saelib.progress import tqdm
 from saelib.training.loop import TrainConfig, train_sae
+from saelib.validation import check_choice, check_positive
 
-# Training defaults per family for our short runs (Adam(0, 0.999) as in the GDM papers). The papers'
-# learning rates (3e-4 Gated, 7e-5 JumpReLU) assume 10^5 steps; thresholds live in log space, so a
-# 1.5k-step run needs a larger step to move them (see notebook 03).
-FAMILY_DEFAULTS: dict[str, dict] = {
-    "standard": dict(lr=1e-3, lr_warmup_steps=50),
-    "gated": dict(lr=1e-3, lr_warmup_steps=50),
-    "jumprelu": dict(lr=2e-3, lr_warmup_steps=50),
-    "topk": dict(lr=1e-3, lr_warmup_steps=50),
-}
-
-
-# Constructor defaults per family at our scales, where they differ from the papers'. JumpReLU: Adam moves
-# log(theta) by about lr per step (less when few pre-activations fall in the kernel window), so from the
-# paper's theta_init = 1e-3 a 1.5k-step run cannot reach useful thresholds (~0.05-0.3 on unit mean squared
-# norm activations); the papers train 10^5+ steps. We start at 0.05 and keep the paper's bandwidth 1e-3
-# (notebooks 03 and 05 show both effects). Options given in a spec override these.
-FAMILY_OPTIONS: dict[str, dict] = {
-    "jumprelu": dict(theta_init=0.05),
-}
+# How every SAE is trained (learning rates, schedules, clipping, budget, per-family constructor options)
+# is one visible object, saelib.lab.protocol.Protocol; run() and sweep() take it as `protocol=`.
 
 
 @dataclass
@@ -71,7 +59,6 @@ class SAESpec:
         if unknown:
             raise ValueError(f"train={sorted(unknown)} are not TrainConfig fields; allowed: "
                              f"{', '.join(sorted(TrainConfig.__dataclass_fields__))}")
-        self.options = {**FAMILY_OPTIONS.get(self.architecture, {}), **self.options}
         if self.label is None:
             self.label = self.architecture
 
@@ -84,12 +71,20 @@ class RunResult:
     history: list[dict]
     path: Path
     loaded: bool = False   # True when run() loaded it from the cache
+    seed: int = 0          # the training seed
 
     def row(self) -> dict:
-        """A flat dict for tables and plots: spec fields + scalar metrics."""
+        """A flat dict for tables and plots: spec fields, the seed, `point` (the same for every seed of one
+        spec: what saelib.lab.pareto.seed_summary groups by) and the scalar metrics."""
         scalars = {k: v for k, v in self.metrics.items() if not isinstance(v, list)}
         return {"label": self.spec.label, "architecture": self.spec.architecture,
-                "sparsity_coeff": self.spec.sparsity_coeff, **self.spec.options, **scalars}
+                "sparsity_coeff": self.spec.sparsity_coeff, **self.spec.options, "seed": self.seed,
+                "point": spec_id(self.spec), **scalars}
+
+
+def spec_id(spec: SAESpec) -> str:
+    """A short id of a spec (label included), the same for every seed and protocol."""
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 # ----------------------------------------------------------------------------- activation sites
@@ -133,7 +128,7 @@ class LMSite(Site):
     def __init__(self, model_name: str, hook: str, scale: Scale, *, seed: int = 0,
                  normalization: str = "unit_mean_squared_norm", device: str = "cpu", model=None,
                  lm_eval_tokens: int | None = None, progress: bool = True):
-        from saelib.data.activations import ActivationCache, cache_activations, hook_d_in
+        from saelib.data.activations import ActivationCache, activation_cache_complete, cache_activations, hook_d_in
         from saelib.data.registry import load_model
 
         self.model_name, self.hook, self.scale, self.seed = model_name, hook, scale, seed
@@ -151,7 +146,7 @@ class LMSite(Site):
         paths = {}
         for split, n_tokens in (("train", scale.train_tokens), ("heldout", scale.eval_tokens)):
             path = root / f"{split}_{n_tokens}"
-            if not (path / "meta.json").exists():
+            if not activation_cache_complete(path):                 # missing, interrupted or damaged
                 tokens = self._tokens(split, rows_needed[split], ctx)
                 cache_activations(self.model, hook, tokens, n_tokens, path, progress=progress)
             paths[split] = path
@@ -220,23 +215,25 @@ class SyntheticSite(Site):
 
 # ----------------------------------------------------------------------------- training and caching
 
-def train_config(spec: SAESpec, scale: Scale, seed: int = 0) -> TrainConfig:
-    """The TrainConfig for `spec` at `scale`: family defaults, then the scale's budget, then spec.train."""
-    settings = dict(FAMILY_DEFAULTS[spec.architecture], total_steps=scale.train_steps,
-                    batch_size=scale.batch_size, sparsity_coeff=spec.sparsity_coeff, seed=seed,
-                    log_every=max(1, scale.train_steps // 50), progress=False,
-                    # resample (where the SAE asks for it) 3 times per run, scoring 16 batches each time
-                    resample_every=max(1, scale.train_steps // 4), resample_pool=16 * scale.batch_size)
-    settings.update(spec.train)
-    return TrainConfig(**settings)
+def train_config(spec: SAESpec, scale: Scale, seed: int = 0, protocol: Protocol | None = None) -> TrainConfig:
+    """The TrainConfig for `spec` at `scale` under `protocol` (default Protocol()), then spec.train on top;
+    see saelib.lab.protocol.train_config."""
+    return protocol_train_config(spec, scale, seed, protocol)
 
 
-def run_key(site: Site, spec: SAESpec, cfg: TrainConfig) -> str:
+def effective_options(spec: SAESpec, protocol: Protocol | None = None) -> dict:
+    """The constructor options a run uses: the protocol's options for the family, then the spec's own."""
+    return {**(protocol or Protocol()).options_for(spec.architecture), **spec.options}
+
+
+def run_key(site: Site, spec: SAESpec, cfg: TrainConfig, options: dict | None = None) -> str:
     """The cache key of a run: the activations (site), the spec, the training settings and a fingerprint of
     the library code that trains and evaluates it (saelib.lab.fingerprint: models, fast, training, metrics)."""
     from saelib.lab.fingerprint import code_fingerprint
 
-    payload = {"site": site.key, "spec": asdict(spec) | {"label": None}, "train": asdict(cfg) | {
+    # options: the constructor options the run uses (effective_options); None: those of the default Protocol()
+    spec_fields = asdict(spec) | {"label": None, "options": effective_options(spec) if options is None else options}
+    payload = {"site": site.key, "spec": spec_fields, "train": asdict(cfg) | {
         k: None for k in ("progress", "log_every", "checkpoint_dir", "device")}, "code": code_fingerprint()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -270,21 +267,22 @@ def force_retrain_default() -> bool:
 
 
 def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu",
-        force_retrain: bool | None = None, verbose: bool = True) -> RunResult:
+        force_retrain: bool | None = None, verbose: bool = True, protocol: Protocol | None = None) -> RunResult:
     """Train `spec` on `site` (seeded), evaluate it, and cache everything under outputs/<scale>/runs/<key>/;
     a later call with the same site, spec, seed, settings and library code (see run_key) loads it instead.
 
     force_retrain: retrain even when cached (None: the session default, see set_force_retrain); a key is
     retrained once per process, so a sweep repeated later in the same notebook loads what was just trained.
-    `force=True` retrains every time. With `verbose`, prints one line: loaded from the cache or trained."""
+    `force=True` retrains every time. With `verbose`, prints one line: loaded from the cache or trained.
+    protocol: how to train (saelib.lab.protocol.Protocol; None: Protocol(), whose learning rates are untuned)."""
     if force_retrain is None:
         force_retrain = force_retrain_default()
-    key = run_key(site, spec, train_config(spec, site.scale, seed))
+    key = run_key(site, spec, train_config(spec, site.scale, seed, protocol), effective_options(spec, protocol))
     if force_retrain and key not in _RETRAINED:
         force = True
         _RETRAINED.add(key)
     before = _TRAIN_CALLS[0]
-    result = _run_once(site, spec, seed, force=force, device=device)
+    result = _run_once(site, spec, seed, force=force, device=device, protocol=protocol)
     result.loaded = _TRAIN_CALLS[0] == before
     if verbose:
         what = f"k={spec.options['k']}" if "k" in spec.options else f"lambda={spec.sparsity_coeff:.3g}"
@@ -293,39 +291,69 @@ def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device
     return result
 
 
-def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu") -> RunResult:
+def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu",
+              protocol: Protocol | None = None) -> RunResult:
     """Train `spec` on `site` (seeded), evaluate it, and cache everything under outputs/<scale>/runs/."""
-    cfg = train_config(spec, site.scale, seed)
-    key = run_key(site, spec, cfg)
+    cfg = train_config(spec, site.scale, seed, protocol)
+    options = effective_options(spec, protocol)
+    key = run_key(site, spec, cfg, options)
     path = output_dir(site.scale.name) / "runs" / key
-    if not force and (path / "metrics.json").exists():
-        record = json.loads((path / "metrics.json").read_text())
-        sae = load_sae(path / "sae", device=device)
-        return RunResult(spec, sae, record["metrics"], record["history"], path)
+    cached = None if force else load_cached_run(path, spec, device=device)
+    if cached is not None:
+        cached.seed = seed
+        return cached
     d_sae = spec.d_sae or site.scale.expansion * site.d_in
     torch.manual_seed(seed)
-    sae = create_sae(spec.architecture, site.d_in, d_sae, **spec.options)
+    sae = create_sae(spec.architecture, site.d_in, d_sae, **options)
     _TRAIN_CALLS[0] += 1
     history = train_sae(sae, site.train_batches(cfg.batch_size, seed), cfg)
     sae.eval()
     metrics = evaluate(site, sae)
+    # the training objective on held-out activations (what the LR sweep of saelib.lab.protocol compares)
+    metrics["objective"] = held_out_objective(sae, site.eval_acts, spec.sparsity_coeff)
     save_sae(sae, path / "sae")
-    record = {"spec": asdict(spec), "site": site.key, "train": asdict(cfg), "metrics": metrics,
-              "history": history}
-    (path / "metrics.json").write_text(json.dumps(record, default=str))
+    record = {"spec": asdict(spec), "options": options, "site": site.key, "train": asdict(cfg),
+              "metrics": metrics, "history": history}
+    atomic_write_json(path / "metrics.json", record, default=str)      # written last: the commit point
+    return RunResult(spec, sae, metrics, history, path, seed=seed)
+
+
+def load_cached_run(path: Path, spec: SAESpec, *, device: str = "cpu") -> RunResult | None:
+    """The run cached in `path` (metrics.json + sae/), or None when there is none. A damaged entry
+    (truncated or corrupt JSON or weights, e.g. after a crash) is reported with a warning and also gives
+    None, so the caller retrains it instead of crashing."""
+    if not (path / "metrics.json").exists():
+        return None
+    try:
+        record = read_json(path / "metrics.json")
+        metrics, history = record["metrics"], record["history"]
+        if not isinstance(metrics, dict) or not isinstance(history, list):
+            raise ValueError(f"{path / 'metrics.json'}: metrics must be an object and history a list")
+        sae = load_sae(path / "sae", device=device)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        warnings.warn(f"run cache entry {path} is damaged ({e}); retraining it", RuntimeWarning, stacklevel=2)
+        return None
     return RunResult(spec, sae, metrics, history, path)
 
 
 def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = True,
-          force_retrain: bool | None = None, verbose: bool = True) -> list[RunResult]:
+          force_retrain: bool | None = None, verbose: bool = True, seeds: Sequence[int] | None = None,
+          protocol: Protocol | None = None) -> list[RunResult]:
     """run() every spec (cached ones load instantly); a progress bar over the sweep (interactive sessions
-    only, see saelib.progress) and, with `verbose`, one line saying how many were loaded and how many trained."""
-    results = [run(site, spec, seed, force_retrain=force_retrain, verbose=False)
-               for spec in tqdm(specs, desc="SAEs", disable=not progress)]
+    only, see saelib.progress) and, with `verbose`, one line saying how many were loaded and how many trained.
+
+    seeds: train every spec at each of these seeds (instead of `seed`); the result is spec-major
+    ([spec0 seed0, spec0 seed1, ..., spec1 seed0, ...]) and each RunResult (and its row()) carries its seed.
+    protocol: how to train every spec (saelib.lab.protocol.Protocol; None: Protocol())."""
+    seed_list = [seed] if seeds is None else [int(s) for s in seeds]
+    jobs = [(spec, s) for spec in specs for s in seed_list]
+    results = [run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
+               for spec, s in tqdm(jobs, desc="SAEs", disable=not progress)]
     if verbose and results:
         labels = sorted({r.spec.label or r.spec.architecture for r in results})
         loaded = sum(r.loaded for r in results)
-        print(f"{len(results)} SAE{'s' if len(results) > 1 else ''} ({', '.join(labels)}; seed {seed}): "
+        seed_text = f"seed {seed}" if seeds is None else f"seeds {', '.join(map(str, seed_list))}"
+        print(f"{len(results)} SAE{'s' if len(results) > 1 else ''} ({', '.join(labels)}; {seed_text}): "
               f"{loaded} loaded from the run cache, {len(results) - loaded} trained")
     return results
 
@@ -369,7 +397,7 @@ def frontier_specs(architecture: str, n_points: int, *, label: str | None = None
     if architecture == "topk":
         if max_k is not None:
             check_positive("max_k", max_k, integer=True)
-        ks = [k for k in TOPK_KS if max_k is None or k <= max_k] or [max_k]
+        ks = [k for k in TOPK_KS if max_k is None or k <= max_k] or [int(max_k or TOPK_KS[0])]
         n = min(n_points, len(ks))
         picks = sorted({round(i * (len(ks) - 1) / max(1, n - 1)) for i in range(n)})
         return [SAESpec("topk", 0.0, options | {"k": ks[i]}, train, label=label or "topk") for i in picks]

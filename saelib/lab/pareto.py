@@ -1,35 +1,72 @@
-"""Comparing sparsity-fidelity frontiers "at equal L0".
+"""Comparing sparsity-fidelity frontiers "at equal L0", over seeds, with a stated verdict rule.
 
 Two SAE families are never trained at exactly the same L0, so "Gated is better than ReLU at equal L0"
-means: at each point of one family, read the other family's frontier at the same L0 by interpolating
-between its two neighbouring points (linearly in log L0, the axis the papers plot), and compare.
-Points outside the other frontier's L0 range are not compared (no extrapolation).
+means: read each family's frontier at the same L0 by interpolating between its two neighbouring points, and
+compare. Fidelity metrics (delta LM loss, FVU) fall roughly as a power of L0, i.e. they are close to straight
+and convex on log-log axes, so interpolation is linear in log(y) against log(L0): a straight chord on linear
+y between two points of a convex curve lies above it and flatters whichever family is compared against it.
+Where a neighbouring value is <= 0 (a difference, |1 - gamma|, a dead-feature count) y is interpolated
+linearly. Points outside a frontier's L0 range are never compared (no extrapolation).
 
-    rows = [r.row() for r in sweep(site, specs)]                 # dicts with "l0", "delta_lm_loss", ...
-    y = interpolate_at(relu_rows, l0=20.0, y="delta_lm_loss")    # nan outside relu's L0 range
-    pairs = compare_at_equal_l0(gated_rows, relu_rows, y="delta_lm_loss")
-    # [{"l0": 18.2, "y": 0.031, "y_ref": 0.052, "difference": -0.021}, ...]  (difference = y - y_ref)
-    both = compare_frontiers(gated_rows, relu_rows, y="delta_lm_loss")   # also at relu's points in gated's range
+One seed:
+
+    y = interpolate_at(relu_rows, l0=20.0, y="delta_lm_loss")     # nan outside relu's L0 range
+    pairs = compare_at_equal_l0(gated_rows, relu_rows, y="delta_lm_loss")  # at gated's points
+    both = compare_frontiers(gated_rows, relu_rows, y="delta_lm_loss")     # at both families' points
+
+Several seeds (rows carry "seed", and "point": the same for every seed of one spec, see RunResult.row):
+
+    table = seed_summary(rows, ["l0", "delta_lm_loss"])       # one row per point: mean, <metric>_sd, n_seeds
+    paired = paired_at_equal_l0(gated_rows, relu_rows, "delta_lm_loss")    # at log-spaced L0s in the overlap
+    paired = paired_at_points(ablation_rows, gated_rows, "delta_lm_loss")  # each point vs the frontier
+    result = judge(paired, expect="lower")      # .holds, .observed (mean ± sd per L0), .rule, .n_seeds
+    claims.add_result("Gated beats ReLU at equal L0", source=..., paper=..., expected=..., result=result)
+
+Each `Paired` holds, for one compared L0, the per-seed values of both sides and their paired difference:
+log(y / y_ref) for a positive metric (so exp(mean) - 1 is the relative difference), y - y_ref otherwise.
+Seed s of one side is paired with seed s of the other (same activation order and initial seed).
+
+Verdict rules (`judge`; stated in each claim's "rule" column):
+
+  lower / higher   at every compared L0, every seed's paired difference has the expected sign AND
+                   |mean| > 2 sd of the paired differences (with 3 seeds about a one-sample t > 3.5).
+  not_lower        "no better": at no compared L0 is the difference lower by that rule.
+  equivalent       at every compared L0, |mean paired difference| < margin, where margin = 2 x the pooled
+                   seed-to-seed sd of the two sides at that L0 (the spread of one arm alone, measured here),
+                   unless an explicit margin is given. The margin is printed beside the verdict.
+A claim needs at least 2 seeds and at least one compared L0; otherwise it does not hold ("not compared").
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from saelib.validation import check_positive
+from saelib.validation import check_choice, check_positive
+
+EXPECTATIONS = ("lower", "higher", "not_lower", "equivalent")
 
 
-def interpolate_at(rows: Sequence[Mapping], l0: float, y: str, x: str = "l0") -> float:
-    """rows' `y` at `x` = l0, linear in log(x) between the two neighbouring rows; nan outside their range."""
+# ----------------------------------------------------------------------------- one frontier
+
+def interpolate_at(rows: Sequence[Mapping], l0: float, y: str, x: str = "l0", log_y: bool | None = None) -> float:
+    """rows' `y` at `x` = l0 between the two neighbouring rows: linear in log(x), and in log(y) when both
+    neighbours are > 0 (log_y=None, the default) or always/never (log_y=True/False); nan outside their range."""
     check_positive(x, l0)
-    pts = sorted((float(r[x]), float(r[y])) for r in rows if float(r[x]) > 0)
+    pts = sorted((float(r[x]), float(r[y])) for r in rows if float(r[x]) > 0 and not math.isnan(float(r[y])))
     if not pts or not pts[0][0] <= l0 <= pts[-1][0]:
         return math.nan
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
         if x0 <= l0 <= x1:
+            use_log = (y0 > 0 and y1 > 0) if log_y is None else log_y
+            if use_log and (y0 <= 0 or y1 <= 0):
+                raise ValueError(f"log_y=True needs {y} > 0; got {y0} and {y1} around {x} = {l0}")
             if x1 == x0:
-                return (y0 + y1) / 2
+                return math.sqrt(y0 * y1) if use_log else (y0 + y1) / 2
             t = (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            if use_log:
+                return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
             return y0 + t * (y1 - y0)
     return pts[0][1]                           # a single row, at exactly that l0
 
@@ -54,10 +91,247 @@ def compare_frontiers(rows: Sequence[Mapping], reference: Sequence[Mapping], y: 
 
     Each dict: x, "point_of" ("rows" or "reference": whose trained point it is), "y" (rows' frontier),
     "y_ref" (the reference's), "difference" = y - y_ref (negative: rows below the reference).
-    Using both families' points matters when their ranges barely overlap (a single point of one may fall
-    inside the other's range while several of the other's fall inside its own).
     """
     out = [{**p, "point_of": "rows"} for p in compare_at_equal_l0(rows, reference, y, x)]
     out += [{x: p[x], "y": p["y_ref"], "y_ref": p["y"], "difference": -p["difference"], "point_of": "reference"}
             for p in compare_at_equal_l0(reference, rows, y, x)]
     return sorted(out, key=lambda p: p[x])
+
+
+# ----------------------------------------------------------------------------- over seeds
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); sd is nan for fewer than two values."""
+    v = [float(x) for x in values]
+    if not v:
+        return math.nan, math.nan
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else math.nan)
+
+
+def by_seed(rows: Iterable[Mapping]) -> dict[int, list[Mapping]]:
+    """rows grouped by their "seed" (0 when absent)."""
+    out: dict[int, list[Mapping]] = {}
+    for r in rows:
+        out.setdefault(int(r.get("seed", 0)), []).append(r)
+    return dict(sorted(out.items()))
+
+
+def seed_summary(rows: Iterable[Mapping], metrics: Sequence[str], by: str = "point") -> list[dict]:
+    """One row per `by` (default "point": one spec over its seeds): the fields equal in all its rows (label,
+    sparsity_coeff, options, ...), n_seeds, and for each metric its mean (same name) and sample sd
+    (<metric>_sd). Other fields that differ between seeds are left out."""
+    groups: dict[object, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault(r.get(by, id(r)), []).append(r)
+    out = []
+    for group in groups.values():
+        row = {k: v for k, v in group[0].items() if k not in metrics and k != "seed"
+               and all(g.get(k) == v for g in group[1:])}
+        row["n_seeds"] = len(group)
+        for m in metrics:
+            row[m], row[f"{m}_sd"] = mean_sd(float(g[m]) for g in group if m in g)
+        out.append(row)
+    return out
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One compared L0: per seed, y of one side (`values`) and of the reference (`reference`) there, and the
+    paired difference log(y / y_ref) (`log_ratio` True) or y - y_ref."""
+
+    l0: float
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+    reference: tuple[float, ...]
+    log_ratio: bool
+
+    @property
+    def differences(self) -> list[float]:
+        if self.log_ratio:
+            return [math.log(a / b) for a, b in zip(self.values, self.reference, strict=True)]
+        return [a - b for a, b in zip(self.values, self.reference, strict=True)]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def mean(self) -> float:
+        return mean_sd(self.differences)[0]
+
+    @property
+    def sd(self) -> float:
+        return mean_sd(self.differences)[1]
+
+    def spread(self) -> float:
+        """Pooled seed-to-seed sd of the two sides (on the scale of the differences): one arm's own noise."""
+        f = math.log if self.log_ratio else float
+        sds = [mean_sd(f(v) for v in side)[1] for side in (self.values, self.reference)]
+        return math.sqrt(sum(s * s for s in sds) / 2)
+
+    def text(self, digits: int = 4) -> str:
+        """ "L0 12.3: 0.0123 ± 0.0010 vs 0.0200 ± 0.0020, -38% ± 5% (3 seeds)" """
+        (a, sa), (b, sb) = mean_sd(self.values), mean_sd(self.reference)
+        if self.log_ratio:
+            diff = f"{math.expm1(self.mean):+.0%} ± {_pct(self.sd)} (log-ratio {self.mean:+.3f} ± {self.sd:.3f})"
+        else:
+            diff = f"diff {self.mean:+.{digits}f} ± {self.sd:.{digits}f}"
+        return (f"L0 {self.l0:.1f}: {_g(a, digits)} ± {_g(sa, digits)} vs {_g(b, digits)} ± {_g(sb, digits)}, "
+                f"{diff} ({self.n} seeds)")
+
+
+def _g(v: float, digits: int) -> str:
+    return "nan" if math.isnan(v) else f"{v:.{digits}g}"
+
+
+def _pct(log_sd: float) -> str:
+    return "nan" if math.isnan(log_sd) else f"{log_sd:.0%}"
+
+
+def _positive(values: Iterable[float]) -> bool:
+    return all(v > 0 for v in values)
+
+
+def common_l0_range(*row_sets: Sequence[Mapping], x: str = "l0") -> tuple[float, float] | None:
+    """The x range where every seed's frontier of every row set is defined (None when empty)."""
+    low, high = 0.0, math.inf
+    for rows in row_sets:
+        for seed_rows in by_seed(rows).values():
+            xs = [float(r[x]) for r in seed_rows if float(r[x]) > 0]
+            if not xs:
+                return None
+            low, high = max(low, min(xs)), min(high, max(xs))
+    return (low, high) if 0 < low <= high else None
+
+
+def paired_at_equal_l0(rows: Sequence[Mapping], reference: Sequence[Mapping], y: str, *,
+                       l0s: Sequence[float] | None = None, n_l0: int = 3, x: str = "l0",
+                       log_ratio: bool | None = None) -> list[Paired]:
+    """Both frontiers read at the same L0s, seed by seed (seeds present on both sides).
+
+    l0s: where to compare; default n_l0 values spaced evenly in log L0 across the range where every seed's
+    frontier of both sides is defined (`common_l0_range`; none when the ranges do not overlap).
+    log_ratio: paired differences as log(y / y_ref) (default when every value is > 0) or y - y_ref."""
+    check_positive("n_l0", n_l0, integer=True)
+    a_seeds, b_seeds = by_seed(rows), by_seed(reference)
+    seeds = sorted(set(a_seeds) & set(b_seeds))
+    if l0s is None:
+        span = common_l0_range([r for s in seeds for r in a_seeds[s]], [r for s in seeds for r in b_seeds[s]], x=x)
+        if span is None:
+            return []
+        lo, hi = span
+        l0s = [lo] if n_l0 == 1 or hi == lo else [lo * (hi / lo) ** (i / (n_l0 - 1)) for i in range(n_l0)]
+    out = []
+    for l0 in l0s:
+        kept, va, vb = [], [], []
+        for s in seeds:
+            a, b = interpolate_at(a_seeds[s], l0, y, x), interpolate_at(b_seeds[s], l0, y, x)
+            if not (math.isnan(a) or math.isnan(b)):
+                kept.append(s)
+                va.append(a)
+                vb.append(b)
+        if kept:
+            use_log = _positive(va + vb) if log_ratio is None else log_ratio
+            out.append(Paired(float(l0), tuple(kept), tuple(va), tuple(vb), use_log))
+    return out
+
+
+def paired_at_points(rows: Sequence[Mapping], reference: Sequence[Mapping], y: str, *, x: str = "l0",
+                     by: str = "point", log_ratio: bool | None = None) -> list[Paired]:
+    """Each point of `rows` (a spec over its seeds, grouped by `by`) against the reference frontier of the same
+    seed at that seed's own L0. A seed whose point lies outside that seed's reference range is left out;
+    the Paired's l0 is the geometric mean of the kept seeds' L0."""
+    ref_seeds = by_seed(reference)
+    groups: dict[object, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault(r.get(by, id(r)), []).append(r)
+    out = []
+    for group in groups.values():
+        kept, va, vb, xs = [], [], [], []
+        for r in sorted(group, key=lambda r: int(r.get("seed", 0))):
+            s = int(r.get("seed", 0))
+            if s not in ref_seeds or float(r[x]) <= 0:
+                continue
+            b = interpolate_at(ref_seeds[s], float(r[x]), y, x)
+            if not math.isnan(b):
+                kept.append(s)
+                va.append(float(r[y]))
+                vb.append(b)
+                xs.append(float(r[x]))
+        if kept:
+            use_log = _positive(va + vb) if log_ratio is None else log_ratio
+            l0 = math.exp(statistics.fmean(math.log(v) for v in xs))
+            out.append(Paired(l0, tuple(kept), tuple(va), tuple(vb), use_log))
+    return sorted(out, key=lambda p: p.l0)
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+RULES = {
+    "lower": "lower at every compared L0: all seeds' paired differences < 0 and |mean| > 2 sd of them",
+    "higher": "higher at every compared L0: all seeds' paired differences > 0 and |mean| > 2 sd of them",
+    "not_lower": "no better: at no compared L0 are all seeds' paired differences < 0 with |mean| > 2 sd",
+    "equivalent": "equivalent at every compared L0: |mean paired difference| < margin = 2 x pooled seed sd "
+                  "of one arm (or the stated margin)",
+}
+
+
+def significant(p: Paired, sign: int) -> bool:
+    """The paired differences all have `sign` (+1 / -1) and |mean| > 2 sd (needs >= 2 seeds)."""
+    d = p.differences
+    if len(d) < 2:
+        return False
+    return all(v * sign > 0 for v in d) and abs(p.mean) > 2 * p.sd
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of `judge`: what a claim records."""
+
+    holds: bool
+    expect: str
+    rule: str
+    observed: str
+    n_seeds: int
+    paired: tuple[Paired, ...]
+    margins: tuple[float, ...] = ()
+
+    @property
+    def mean(self) -> float:
+        return mean_sd(p.mean for p in self.paired)[0]
+
+
+def judge(paired: Sequence[Paired], expect: str, *, margin: float | None = None, what: str = "",
+          digits: int = 4) -> Result:
+    """Apply the verdict rule `expect` ("lower" | "higher" | "not_lower" | "equivalent") to every compared L0.
+
+    `what` prefixes the observed text (e.g. "delta LM loss, Gated vs ReLU"). For "equivalent" the margin is 2 x
+    `Paired.spread()` at each L0 unless `margin` is given (same scale as the differences: log-ratio for
+    positive metrics)."""
+    check_choice("expect", expect, EXPECTATIONS)
+    paired = tuple(paired)
+    n = min((p.n for p in paired), default=0)
+    margins: tuple[float, ...] = ()
+    rule = RULES[expect]
+    if not paired or n < 2:
+        return Result(False, expect, rule, (what + ": " if what else "") + (
+            "not compared (no overlapping L0 range)" if not paired else f"only {n} seed(s): no verdict"),
+            n, paired)
+    parts = [p.text(digits) for p in paired]
+    if expect == "lower":
+        holds = all(significant(p, -1) for p in paired)
+    elif expect == "higher":
+        holds = all(significant(p, +1) for p in paired)
+    elif expect == "not_lower":
+        holds = not any(significant(p, -1) for p in paired)
+    else:
+        margins = tuple(margin if margin is not None else 2 * p.spread() for p in paired)
+        holds = all(abs(p.mean) < m for p, m in zip(paired, margins, strict=True))
+        unit = "log-ratio" if paired[0].log_ratio else "difference"
+        parts = [f"{t}; margin {m:.3f} ({unit})" for t, m in zip(parts, margins, strict=True)]
+        if margin is None:
+            rule = rule.replace("(or the stated margin)", "(margins printed)")
+        else:
+            rule = rule.replace("2 x pooled seed sd of one arm (or the stated margin)", f"{margin:.3g} (stated)")
+    observed = (what + ": " if what else "") + "; ".join(parts)
+    return Result(holds, expect, rule, observed, n, paired, margins)

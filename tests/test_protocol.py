@@ -1,0 +1,219 @@
+"""The shared training protocol, seed aggregation, paired equal-L0 comparisons and the verdict rules."""
+import json
+import math
+
+import pytest
+
+from saelib.lab.claims import Claim, Claims, load_claims, markdown_table
+from saelib.lab.experiments import SAESpec, train_config
+from saelib.lab.pareto import (
+    Paired,
+    common_l0_range,
+    judge,
+    mean_sd,
+    paired_at_equal_l0,
+    paired_at_points,
+    seed_summary,
+)
+from saelib.lab.protocol import UNTUNED_LR, Protocol, describe, make_protocol, show_protocol
+from saelib.lab.scales import get_scale
+
+SCALE = get_scale("smoke")
+
+
+# ----------------------------------------------------------------------------- protocol -> TrainConfig
+
+def test_every_family_gets_the_same_schedule_and_only_its_own_learning_rate():
+    protocol = Protocol(lrs={"gated": 3e-3, "standard": 2e-3})
+    cfgs = {fam: train_config(SAESpec(fam, 0.1, {"k": 8} if fam == "topk" else {}), SCALE, 0, protocol)
+            for fam in ("standard", "gated", "jumprelu", "topk")}
+    shared = {"total_steps", "batch_size", "adam_betas", "grad_clip_norm", "lr_warmup_steps", "lr_decay_frac",
+              "sparsity_warmup_frac", "resample_every"}
+    for name in shared:
+        assert len({repr(getattr(c, name)) for c in cfgs.values()}) == 1, name
+    assert cfgs["gated"].lr == 3e-3 and cfgs["standard"].lr == 2e-3
+    assert cfgs["jumprelu"].lr == UNTUNED_LR and cfgs["topk"].lr == UNTUNED_LR
+    c = cfgs["gated"]
+    assert c.grad_clip_norm == 1.0 and c.adam_betas == (0.0, 0.999)
+    assert c.total_steps == SCALE.train_steps and c.lr_warmup_steps == round(0.05 * SCALE.train_steps)
+    assert c.lr_decay_frac == 0.2 and c.sparsity_warmup_frac == 0.05
+
+
+def test_budget_scales_the_steps_and_the_warm_up_with_them():
+    cfg = train_config(SAESpec("gated", 0.1), SCALE, 0, Protocol(budget=3.0))
+    assert cfg.total_steps == 3 * SCALE.train_steps
+    assert cfg.lr_warmup_steps == round(0.05 * 3 * SCALE.train_steps)
+    assert cfg.resample_every == 3 * SCALE.train_steps // 4
+
+
+def test_spec_train_overrides_the_protocol_one_setting_at_a_time():
+    spec = SAESpec("standard", 0.1, train={"adam_betas": (0.9, 0.999), "sparsity_warmup_steps": 0})
+    cfg = train_config(spec, SCALE, 3, Protocol())
+    assert cfg.adam_betas == (0.9, 0.999) and cfg.seed == 3
+    assert cfg.grad_clip_norm == 1.0                       # everything else still from the protocol
+    no_clip = train_config(SAESpec("standard", 0.1), SCALE, 0, Protocol(grad_clip_norm=None))
+    assert no_clip.grad_clip_norm is None
+
+
+def test_bad_protocols_are_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="lr_decay_frac"):
+        Protocol(lr_decay_frac=1.5)
+    with pytest.raises(ValueError, match="budget"):
+        Protocol(budget=0)
+    with pytest.raises(ValueError, match="lrs"):
+        Protocol(lrs={"gatd": 1e-3})
+    with pytest.raises(ValueError, match="not Protocol fields"):
+        make_protocol({"grad_clip": 1.0})
+    assert make_protocol({"grad_clip_norm": None}).grad_clip_norm is None
+
+
+def test_show_protocol_prints_the_exact_train_config(capsys):
+    protocol = Protocol(lrs={"gated": 3e-3}, lr_source="test")
+    text = show_protocol(protocol, SCALE, [SAESpec("gated", 0.2), SAESpec("gated", 0.5)])
+    out = capsys.readouterr().out
+    assert text in out
+    assert "grad clipping  global norm 1" in text and "gated 0.003" in text and "(test)" in text
+    assert text.count("TrainConfig(") == 1                    # one line per arm, not per point
+    assert "lr=0.003" in text and f"total_steps={SCALE.train_steps}" in text
+    assert "budget         1x" in describe(Protocol(), SCALE)
+
+
+def test_family_options_come_from_the_protocol_and_enter_the_cache_key():
+    from saelib.lab.experiments import effective_options, run_key
+
+    class FakeSite:
+        key = {"fake": 1}
+
+    spec = SAESpec("jumprelu", 1e-3)
+    assert effective_options(spec, Protocol()) == {"theta_init": 0.05}
+    assert effective_options(SAESpec("jumprelu", 1e-3, {"theta_init": 0.1}), Protocol()) == {"theta_init": 0.1}
+    cfg = train_config(spec, SCALE, 0, Protocol())
+    a = run_key(FakeSite(), spec, cfg, effective_options(spec, Protocol()))
+    b = run_key(FakeSite(), spec, cfg, effective_options(spec, Protocol(options={})))
+    assert a != b
+
+
+# ----------------------------------------------------------------------------- seeds
+
+def frontier(seed, scale_y, l0s=(2.0, 8.0, 32.0), slope=-1.0, label="a"):
+    """A power-law frontier y = scale_y * l0^slope, one row per L0."""
+    return [{"label": label, "seed": seed, "point": f"{label}{i}", "l0": l0, "y": scale_y * l0 ** slope}
+            for i, l0 in enumerate(l0s)]
+
+
+def test_mean_sd_and_seed_summary():
+    assert mean_sd([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
+    m, s = mean_sd([5.0])
+    assert m == 5.0 and math.isnan(s)
+    rows = frontier(0, 1.0) + frontier(1, 2.0) + frontier(2, 3.0)
+    summary = {r["point"]: r for r in seed_summary(rows, ["y", "l0"])}
+    assert set(summary) == {"a0", "a1", "a2"}
+    assert summary["a1"]["n_seeds"] == 3 and summary["a1"]["l0"] == 8.0
+    assert summary["a1"]["y"] == pytest.approx(2.0 / 8.0) and summary["a1"]["y_sd"] == pytest.approx(1.0 / 8.0)
+    assert "seed" not in summary["a1"]
+    rows[0]["noise"], rows[3]["noise"] = 1.0, 2.0          # a field that differs between seeds is left out
+    assert "noise" not in seed_summary(rows, ["y"])[0] and seed_summary(rows, ["y"])[0]["label"] == "a"
+
+
+def test_paired_log_ratios_at_log_spaced_l0s_in_the_common_range():
+    a = [r for s, c in enumerate((0.5, 0.55, 0.45)) for r in frontier(s, c, label="a")]
+    b = [r for s in range(3) for r in frontier(s, 1.0, l0s=(4.0, 16.0, 64.0), label="b")]
+    assert common_l0_range(a, b) == (4.0, 32.0)
+    paired = paired_at_equal_l0(a, b, "y", n_l0=3)
+    assert [p.l0 for p in paired] == pytest.approx([4.0, math.sqrt(128.0), 32.0])
+    for p in paired:
+        assert p.log_ratio and p.seeds == (0, 1, 2)
+        # power laws are interpolated exactly, so each seed's log-ratio is log(c_seed / 1)
+        assert p.differences == pytest.approx([math.log(0.5), math.log(0.55), math.log(0.45)])
+    assert paired_at_equal_l0(a, frontier(0, 1.0, l0s=(100.0, 200.0)), "y") == []
+
+
+def test_seeds_are_paired_only_where_both_sides_have_them():
+    a = frontier(0, 0.5) + frontier(1, 0.5) + frontier(2, 0.5)
+    b = frontier(0, 1.0) + frontier(2, 1.0)
+    (p,) = paired_at_equal_l0(a, b, "y", l0s=[8.0])
+    assert p.seeds == (0, 2)
+
+
+def test_paired_at_points_reads_the_reference_at_each_seeds_own_l0():
+    ref = [r for s in range(3) for r in frontier(s, 1.0, l0s=(1.0, 10.0, 100.0))]
+    points = [{"point": "p", "seed": s, "l0": l0, "y": 2.0 / l0} for s, l0 in enumerate((5.0, 6.0, 200.0))]
+    (p,) = paired_at_points(points, ref, "y")
+    assert p.seeds == (0, 1)                                   # seed 2's L0 200 is outside its reference
+    assert p.differences == pytest.approx([math.log(2.0)] * 2)
+    assert p.l0 == pytest.approx(math.sqrt(30.0))
+
+
+# ----------------------------------------------------------------------------- verdict rules
+
+def paired(diffs, *, spread=0.0):
+    """A Paired whose log-ratios are `diffs`; `spread` adds the same per-seed noise to both sides."""
+    noise = [spread * (i - (len(diffs) - 1) / 2) for i in range(len(diffs))]
+    values = tuple(math.exp(d + n) for d, n in zip(diffs, noise, strict=True))
+    reference = tuple(math.exp(n) for n in noise)
+    return Paired(10.0, tuple(range(len(diffs))), values, reference, True)
+
+
+def test_lower_needs_every_seed_to_agree_and_the_mean_beyond_two_sd():
+    assert judge([paired([-0.30, -0.35, -0.32])], "lower").holds
+    assert not judge([paired([-0.10, -0.50, -0.30])], "lower").holds        # mean -0.3, sd 0.2: |mean| < 2 sd
+    assert not judge([paired([-0.30, -0.35, 0.01])], "lower").holds         # one seed disagrees
+    assert not judge([paired([-0.3, -0.3, -0.3]), paired([-0.3, -0.6, 0.1])], "lower").holds  # every L0 counts
+    assert judge([paired([0.2, 0.25, 0.22])], "higher").holds
+    assert not judge([paired([-0.3, -0.35])], "higher").holds
+
+
+def test_not_lower_and_the_minimum_number_of_seeds():
+    assert judge([paired([0.01, -0.02, 0.03])], "not_lower").holds
+    assert not judge([paired([-0.30, -0.35, -0.32])], "not_lower").holds
+    one_seed = judge([paired([-0.5])], "lower")
+    assert not one_seed.holds and "1 seed" in one_seed.observed
+    nothing = judge([], "equivalent", what="x")
+    assert not nothing.holds and "not compared" in nothing.observed
+
+
+def test_equivalence_margin_comes_from_the_measured_seed_spread():
+    # both arms vary by +-0.1 in log y across seeds (sd 0.1): margin = 2 x 0.1
+    close = judge([paired([0.02, 0.02, 0.02], spread=0.1)], "equivalent")
+    assert close.holds and close.margins == pytest.approx((0.2,), rel=1e-6)
+    # unequal spreads pool as sqrt((sd_a^2 + sd_b^2) / 2): log y of one side -0.08, 0.03, 0.11, other -0.1, 0, 0.1
+    uneven = judge([paired([0.02, 0.03, 0.01], spread=0.1)], "equivalent")
+    sd_a = mean_sd([-0.08, 0.03, 0.11])[1]
+    assert uneven.margins == pytest.approx((2 * math.sqrt((sd_a ** 2 + 0.1 ** 2) / 2),))
+    far = judge([paired([0.40, 0.42, 0.38], spread=0.1)], "equivalent")
+    assert not far.holds
+    stated = judge([paired([0.02, 0.03, 0.01], spread=0.1)], "equivalent", margin=0.01)
+    assert not stated.holds and "0.01 (stated)" in stated.rule
+    assert "margin 0.200" in close.observed
+
+
+def test_result_text_reports_mean_and_sd_per_side():
+    p = Paired(12.0, (0, 1, 2), (0.010, 0.011, 0.012), (0.020, 0.021, 0.022), True)
+    text = p.text()
+    assert text.startswith("L0 12.0: 0.011 ± 0.001 vs 0.021 ± 0.001")
+    assert "(3 seeds)" in text and "-48%" in text
+    r = judge([p], "lower", what="delta LM loss")
+    assert r.holds and r.n_seeds == 3 and r.observed.startswith("delta LM loss: L0 12.0")
+
+
+# ----------------------------------------------------------------------------- claims
+
+def test_claims_record_seeds_paper_figure_and_rule(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
+    claims = Claims("99_test", "smoke")
+    result = judge([paired([-0.30, -0.35, -0.32])], "lower", what="y")
+    claims.add_result("A beats B", source="paper §1", expected="lower", result=result, paper="Fig. 1: 2x")
+    claims.add("plain", source="s", expected="e", observed="o", holds=False)
+    saved = json.loads(claims.path.read_text())
+    assert saved[0]["n_seeds"] == 3 and saved[0]["paper"] == "Fig. 1: 2x" and saved[0]["holds"] is True
+    assert saved[0]["rule"] == result.rule and saved[1]["n_seeds"] is None
+    # claim files written before these columns existed still load
+    (claims.path.parent / "00_old.json").write_text(json.dumps([{
+        "notebook": "00_old", "claim": "c", "source": "s", "expected": "e", "observed": "o", "holds": True}]))
+    items = load_claims("smoke")
+    assert {c.notebook for c in items} == {"00_old", "99_test"}
+    table = markdown_table(items)
+    header = table.splitlines()[0]
+    assert "paper's figure" in header and "seeds" in header and "verdict rule" in header
+    assert all(line.count("|") == header.count("|") for line in table.splitlines())
+    assert Claim("n", "c", "s", "e", "o", True).n_seeds is None
