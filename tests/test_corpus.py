@@ -3,8 +3,16 @@ import re
 
 import pytest
 
-from saelib.data.corpus import (TOPICS, corpus_splits, generate_corpus, probe_slice, sentiment_label, sentiment_score,
-                           vocabulary, word_tokens)
+from saelib.data.corpus import (
+    TOPICS,
+    corpus_splits,
+    generate_corpus,
+    probe_slice,
+    sentiment_label,
+    sentiment_score,
+    vocabulary,
+    word_tokens,
+)
 from saelib.data.tokenizer import WordTokenizer
 
 
@@ -18,7 +26,8 @@ def test_deterministic_for_a_seed():
 
 @pytest.mark.parametrize("positive, negative", [
     ("The plot was good.", "The plot was not good."),
-    ("The rooms were dirty, but the staff were really friendly.", "The rooms were dirty, but the staff were not friendly."),
+    ("The rooms were dirty, but the staff were really friendly.",
+     "The rooms were dirty, but the staff were not friendly."),
     ("My parents love the soup.", "My parents do not love the soup."),
     ("Overall, I would recommend it.", "Overall, I would never recommend it."),
     ("The pasta was not bland.", "The pasta was bland."),
@@ -94,7 +103,33 @@ def test_probe_slice():
     assert not set(ps.train_texts) & set(ps.test_texts)
     texts = ps.train_texts + ps.test_texts
     assert all(t.startswith("Review: ") and t.endswith(" Sentiment:") for t in texts)
-    assert all(sentiment_label(t) == y for t, y in zip(texts, labels))
+    assert all(sentiment_label(t) == y for t, y in zip(texts, labels, strict=True))
     assert probe_slice(n=400, seed=11, test_frac=0.25) == ps
     with pytest.raises(ValueError, match="test_frac"):
         probe_slice(n=10, test_frac=1.5)
+
+
+def test_held_out_template_never_occurs_in_the_training_text():
+    from saelib.data.corpus import HELD_OUT_TEMPLATE, PROBE_TEMPLATE, template_in_corpus
+
+    docs = corpus_splits(seed=0, n_train=3000, n_heldout=1)["train"]
+    assert template_in_corpus(HELD_OUT_TEMPLATE, docs) == 0
+    assert template_in_corpus(PROBE_TEMPLATE, [d.text for d in docs]) > 300          # ~25% carry the prompt
+    assert template_in_corpus(HELD_OUT_TEMPLATE, ["The plot was good. Review: the end"]) == 1
+    with pytest.raises(ValueError, match="template="):
+        template_in_corpus("no placeholder", docs)
+
+
+def test_probe_slice_with_a_template_and_a_fixed_test_size():
+    from saelib.data.corpus import HELD_OUT_TEMPLATE
+
+    s = probe_slice(n=400, seed=2, template=HELD_OUT_TEMPLATE, n_test=300)
+    assert (len(s.train_texts), len(s.test_texts)) == (100, 300)
+    assert all(t.startswith("Sentiment: ") and t.endswith(" Review:") for t in s.train_texts + s.test_texts)
+    assert not set(s.train_texts) & set(s.test_texts)
+    assert abs(sum(s.train_labels + s.test_labels) - 200) == 0                    # balanced over the slice
+    assert [sentiment_label(t.split(": ", 1)[1].rsplit(" Review:", 1)[0]) for t in s.test_texts] == s.test_labels
+    with pytest.raises(ValueError, match="n_test=400"):
+        probe_slice(n=400, n_test=400)
+    with pytest.raises(ValueError, match="template="):
+        probe_slice(n=10, template="Review:")

@@ -4,10 +4,21 @@ import time
 import pytest
 import torch
 
-from saelib.data.corpus import probe_slice
-from saelib.eval.probe import (count_active_features, fit_probe, last_token_states, last_token_states_from_tokens,
-                          load_hub_sentiment, probe_study, resid_post_hooks)
+from saelib.data.corpus import HELD_OUT_TEMPLATE, probe_slice
 from saelib.data.registry import load_model, tokenize_padded
+from saelib.eval.probe import (
+    CV_CS,
+    count_active_features,
+    fit_probe,
+    last_token_states,
+    last_token_states_from_tokens,
+    load_hub_sentiment,
+    mcnemar,
+    probe_sae,
+    probe_study,
+    reconstruction_error,
+    resid_post_hooks,
+)
 from saelib.models.relu import ReLUSAE
 
 # The raw-state probe at the last layer must reach this held-out accuracy on the embedded probe slice
@@ -97,3 +108,57 @@ def test_hub_loader_fails_fast_offline(monkeypatch):
     assert time.perf_counter() - start < 5.0
     with pytest.raises(ValueError, match="name='yelp'.*'imdb'.*'sst2'"):
         load_hub_sentiment("yelp")
+
+
+def test_mcnemar_counts_only_discordant_examples():
+    import numpy as np
+
+    a = np.array([True] * 8 + [False] * 2 + [True] * 50 + [False] * 40)      # 8 a-only, 2 b-only, 90 ties
+    b = np.array([False] * 8 + [True] * 2 + [True] * 50 + [False] * 40)
+    out = mcnemar(a, b)
+    assert (out["a_only"], out["b_only"]) == (8, 2)
+    assert out["difference"] == pytest.approx(0.06)
+    assert out["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 2 ** 10)     # exact two-sided binomial, n = 10
+    assert mcnemar(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same non-zero length"):
+        mcnemar(a, b[:5])
+
+
+def test_cross_validated_probe_records_its_choice_and_test_predictions():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(600, 30, generator=g)
+    y = (x[:, 0] + 0.3 * torch.randn(600, generator=g) > 0).long()
+    result = fit_probe(x[:400], y[:400], x[400:], y[400:], Cs=CV_CS)
+    assert result.C in CV_CS
+    assert result.test_correct.shape == (200,) and result.test_correct.mean() == pytest.approx(result.test_accuracy)
+    assert result.test_accuracy > 0.85
+    noise = fit_probe(torch.randn(400, 30, generator=g), y[:400], x[400:], y[400:], Cs=CV_CS)
+    assert noise.test_accuracy < 0.65                                          # labels unrelated to the features
+
+
+def test_probe_sae_counts_features_and_matches_pca_components(model):
+    small = probe_slice(n=200, seed=3, template=HELD_OUT_TEMPLATE)
+    hook = "blocks.1.hook_resid_post"
+    states = last_token_states(model, small.train_texts + small.test_texts, [hook])[hook]
+    torch.manual_seed(0)
+    sae = ReLUSAE(model.cfg.d_model, 64)
+    result = probe_sae(states, small, sae, scale=0.1, Cs=(0.1, 1.0))
+    codes = sae.encode(states * 0.1)
+    assert result.n_active_features == count_active_features(codes) > 0
+    assert result.n_components == result.n_active_features
+    err = reconstruction_error(sae, states * 0.1)
+    assert (result.slice_nmse, result.slice_fvu) == (pytest.approx(err["nmse"]), pytest.approx(err["fvu"]))
+    assert err["fvu"] > err["nmse"] > 0                     # the slice varies less than its norm: fvu > nmse
+    with pytest.raises(ValueError, match="rows"):
+        probe_sae(states[:10], small, sae)
+
+
+def test_reconstruction_error_of_a_perfect_and_a_silent_sae():
+    x = torch.randn(100, 8) + 3.0
+    silent = ReLUSAE(8, 16)
+    with torch.no_grad():
+        silent.b_enc.fill_(-1e6)
+        silent.b_dec.zero_()
+    err = reconstruction_error(silent, x)                    # x_hat = 0: nmse 1, fvu = E||x||^2 / E||x - mean||^2
+    assert err["nmse"] == pytest.approx(1.0)
+    assert err["fvu"] == pytest.approx(float(x.pow(2).sum(-1).mean() / (x - x.mean(0)).pow(2).sum(-1).mean()), rel=1e-5)

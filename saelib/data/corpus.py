@@ -21,13 +21,17 @@ is positive (2 - 1) and "the acting was good, but the plot was very bad" is nega
 
 About a quarter of the documents are wrapped in a rating prompt, "Review: <text> Sentiment: positive."
 The *probe slice* (`probe_slice`) is a narrow part of that distribution, as IMDB reviews are of web
-text: short film reviews inside the same prompt, cut after "Sentiment:", with their labels.
+text: short film reviews inside the same prompt, cut after "Sentiment:", with their labels. With
+`template=HELD_OUT_TEMPLATE` the same reviews sit in a prompt family the corpus never contains (read at a
+position no training text has), for probing SAEs on text unrepresentative of their training distribution.
 
 Public functions
   generate_document(rng, ...)          -> Document(text, label, topic)     one document from a random.Random
   generate_corpus(n, seed)             -> list[Document]                   deterministic for a seed
   corpus_splits(seed, n_train, n_heldout) -> {"train": [...], "heldout": [...]}  disjoint seeded streams
   probe_slice(n, seed, test_frac)      -> ProbeSlice(train_texts, train_labels, test_texts, test_labels)
+                                          (template=HELD_OUT_TEMPLATE: a prompt family the corpus never has)
+  template_in_corpus(template, docs)   -> documents containing a template's read-out context
   sentiment_score(text) / sentiment_label(text)   the compositional labelling rule above
   vocabulary()                         -> sorted list of every word/punctuation token the grammar can emit
   word_tokens(text)                    -> the lower-cased word/punctuation split used everywhere
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from saelib.validation import check_choice, check_positive, check_range, check_seed
@@ -284,7 +289,8 @@ class _Writer:
         template = rng.choice(self.topic.facts)
         return template.format(
             E=self.entity, kind=self.kind, a_kind=f"{_article(self.kind)} {self.kind}", Full=self.full_name(),
-            Name2=rng.choice(FEMALE + MALE), place=rng.choice(PLACES), City=rng.choice(CITIES), time=rng.choice(TIMES), Rel=self.relative(),
+            Name2=rng.choice(FEMALE + MALE), place=rng.choice(PLACES), City=rng.choice(CITIES), time=rng.choice(TIMES),
+            Rel=self.relative(),
             role=role, event=event, dish=dish, dish2=dish2)
 
 
@@ -382,6 +388,12 @@ def corpus_splits(seed: int = 0, n_train: int = 20_000, n_heldout: int = 2_000) 
 
 PROBE_TOPIC = "film"
 PROBE_TEMPLATE = "Review: {review} Sentiment:"
+# A prompt family the corpus never contains, for probing an SAE on text unrepresentative of its training
+# distribution (as the original study did): the corpus writes "Review:" only right after a document's BOS
+# and "Sentiment:" only between a review and its label word, so a review *followed by* "Review:" (read at
+# that ":") never occurs in the text the model or any SAE here is trained on. `template_in_corpus` checks it.
+HELD_OUT_TEMPLATE = "Sentiment: {review} Review:"
+PROBE_TEMPLATES = {"trained": PROBE_TEMPLATE, "held_out": HELD_OUT_TEMPLATE}
 
 
 @dataclass
@@ -392,14 +404,23 @@ class ProbeSlice:
     test_labels: list[int]
 
 
-def probe_slice(n: int = 1200, seed: int = 1234, test_frac: float = 0.25, topic: str = PROBE_TOPIC) -> ProbeSlice:
-    """Short reviews of one topic inside the fixed prompt "Review: ... Sentiment:", labels balanced.
+def probe_slice(n: int = 1200, seed: int = 1234, test_frac: float = 0.25, topic: str = PROBE_TOPIC, *,
+                template: str = PROBE_TEMPLATE, n_test: int | None = None) -> ProbeSlice:
+    """Short reviews of one topic inside a fixed prompt (default "Review: ... Sentiment:"), labels balanced.
 
-    The model is to be read at the last token (":"), where a model trained on this corpus predicts the
-    sentiment word. Reviews are 1–2 evaluations and a verdict, no neutral facts, never the prompt twice.
+    The model is to be read at the last token. With the default template, a model trained on this corpus
+    predicts the sentiment word there; `template=HELD_OUT_TEMPLATE` (or any "{review}" template) wraps the
+    same reviews in a prompt the corpus never contains. Reviews are 1-2 evaluations and a verdict, no
+    neutral facts, each text once. `n_test` (< n) fixes the test size instead of `test_frac`.
     """
     check_positive("n", n, integer=True)
     check_range("test_frac", test_frac, 0.0, 1.0, inclusive=False)
+    if "{review}" not in template:
+        raise ValueError(f"template={template!r} must contain '{{review}}'")
+    if n_test is not None:
+        check_positive("n_test", n_test, integer=True)
+        if n_test >= n:
+            raise ValueError(f"n_test={n_test} is out of range; allowed: 1 .. n - 1 = {n - 1}")
     check_seed(seed)
     rng = random.Random(seed)
     wanted = {0: n // 2, 1: n - n // 2}                # balanced labels
@@ -410,11 +431,26 @@ def probe_slice(n: int = 1200, seed: int = 1234, test_frac: float = 0.25, topic:
         if doc.text not in seen and wanted[doc.label] > 0:   # no duplicates: train and test never share a text
             seen.add(doc.text)
             wanted[doc.label] -= 1
-            examples.append((PROBE_TEMPLATE.format(review=doc.text), doc.label))
+            examples.append((template.format(review=doc.text), doc.label))
     rng.shuffle(examples)
-    n_test = max(1, round(n * test_frac))
+    n_test = max(1, round(n * test_frac)) if n_test is None else n_test
     test, train = examples[:n_test], examples[n_test:]
     return ProbeSlice([t for t, _ in train], [y for _, y in train], [t for t, _ in test], [y for _, y in test])
+
+
+def template_in_corpus(template: str, docs: Iterable[Document | str]) -> int:
+    """How many of `docs` (Documents or texts) contain the template's read-out context: the word tokens after
+    "{review}" (e.g. "review :"), preceded by at least one token of the document (so not the document's own
+    opening). 0 for HELD_OUT_TEMPLATE on any corpus this module generates; > 0 for PROBE_TEMPLATE."""
+    tail = word_tokens(template.split("{review}", 1)[1]) if "{review}" in template else []
+    if not tail:
+        raise ValueError(f"template={template!r} needs '{{review}}' followed by the text the model is read at")
+    count = 0
+    for d in docs:
+        toks = word_tokens(d if isinstance(d, str) else d.text)
+        if any(toks[i:i + len(tail)] == tail for i in range(1, len(toks) - len(tail) + 1)):
+            count += 1
+    return count
 
 
 # ============================================================================ vocabulary

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +30,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from saelib.data.activations import check_hook_name
-from saelib.validation import check_choice, check_positive, check_range
 from saelib.data.corpus import PROBE_TEMPLATE, ProbeSlice
 from saelib.data.registry import hub_reachable, tokenize_padded
-
+from saelib.validation import check_choice, check_positive, check_range
 
 # ----------------------------------------------------------------------------- hidden states
 
@@ -62,7 +63,7 @@ def last_token_states_from_tokens(model, tokens: torch.Tensor, lengths: torch.Te
         last = (lengths[start:start + batch_size] - 1).to(model.cfg.device)  # [b]
         rows = torch.arange(len(batch), device=batch.device)
 
-        def save(activation, hook):                                          # [b, seq, ...]
+        def save(activation, hook, rows=rows, last=last):                    # [b, seq, ...]
             out[hook.name].append(activation[rows, last].flatten(start_dim=1).float().cpu())  # [b, d]
 
         model.run_with_hooks(batch, fwd_hooks=[(h, save) for h in hook_names], stop_at_layer=stop,
@@ -83,23 +84,68 @@ def last_token_states(model, texts: Sequence[str], hook_names: Sequence[str] | N
 class ProbeResult:
     train_accuracy: float
     test_accuracy: float
+    test_correct: np.ndarray | None = None     # [n_test] bool: which test examples the probe got right
+    C: float | None = None                     # the inverse regularisation strength used (chosen by CV)
+
+
+# Inverse L2 strengths searched by cross-validation (fit_probe(..., Cs=CV_CS)): 1e-3 .. 1e2.
+CV_CS = tuple(float(c) for c in np.logspace(-3, 2, 6))
 
 
 def fit_probe(train_x, train_y, test_x, test_y, *, n_components: int | None = None, seed: int = 0,
-              max_iter: int = 2000, C: float = 1.0) -> ProbeResult:
+              max_iter: int = 2000, C: float = 1.0, Cs: Sequence[float] | None = None,
+              cv: int = 3) -> ProbeResult:
     """Logistic regression (after standardising) on [n, d] features; with n_components, on that many
-    principal components of the features instead (PCA fitted on the train split)."""
+    principal components of the features instead (PCA fitted on the train split).
+
+    With `Cs`, the inverse regularisation strength is chosen among them by `cv`-fold stratified
+    cross-validation on the train split only (LogisticRegressionCV), then refitted on the whole train split;
+    otherwise `C` is used. The result records which test examples were classified correctly, for paired
+    comparisons of two probes on the same examples (`mcnemar`)."""
     check_positive("max_iter", max_iter, integer=True)
     check_positive("C", C)
+    check_positive("cv", cv, integer=True)
     train_x, test_x = _numpy(train_x), _numpy(test_x)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-    steps = []
+    steps: list = []
     if n_components is not None:
         check_positive("n_components", n_components, integer=True)
         steps.append(PCA(n_components=min(n_components, *train_x.shape), random_state=seed))
-    steps += [StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed)]
-    probe = make_pipeline(*steps).fit(train_x, train_y)
-    return ProbeResult(float(probe.score(train_x, train_y)), float(probe.score(test_x, test_y)))
+    if Cs is not None:
+        for c in Cs:
+            check_positive("Cs", c)
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        model = LogisticRegressionCV(Cs=list(Cs), cv=folds, max_iter=max_iter, random_state=seed)
+    else:
+        model = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    steps += [StandardScaler(), model]
+    with warnings.catch_warnings():    # scikit-learn 1.8 announces future defaults of LogisticRegressionCV
+        warnings.simplefilter("ignore", FutureWarning)
+        probe = make_pipeline(*steps).fit(train_x, train_y)
+    correct = probe.predict(test_x) == test_y
+    chosen = float(np.ravel(model.C_)[0]) if Cs is not None else float(C)
+    return ProbeResult(float(probe.score(train_x, train_y)), float(correct.mean()), correct, chosen)
+
+
+def mcnemar(correct_a, correct_b) -> dict[str, float]:
+    """Exact two-sided McNemar test of two classifiers on the same examples ([n] bool arrays of which
+    examples each got right): only the discordant examples count (a right and b wrong: `a_only`; the
+    reverse: `b_only`); under "equally accurate" a_only ~ Binomial(a_only + b_only, 1/2).
+    Returns a_only, b_only, the accuracy difference (a - b) and the p-value."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"correct_a and correct_b must be 1-D of the same non-zero length; got {a.shape}, {b.shape}")
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    if a_only + b_only == 0:
+        p = 1.0
+    else:
+        from scipy.stats import binomtest
+
+        p = float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "difference": float(a.mean() - b.mean()), "p_value": p}
 
 
 def count_active_features(codes: torch.Tensor) -> int:
@@ -131,6 +177,51 @@ class LayerProbes:
 
 
 @torch.no_grad()
+def reconstruction_error(sae, x: torch.Tensor) -> dict[str, float]:
+    """How well `sae` reconstructs x [n, d_in] (already in the SAE's input scale):
+    nmse = E||x - x_hat||^2 / E||x||^2 (comparable between a corpus and a narrow slice) and
+    fvu  = E||x - x_hat||^2 / E||x - E x||^2 (the share of *this set's* variation the SAE loses)."""
+    param = next(sae.parameters())
+    x = x.to(param.device, param.dtype)
+    err = (sae.decode(sae.encode(x)) - x).pow(2).sum(-1).mean()
+    return {"nmse": float(err / x.pow(2).sum(-1).mean()),
+            "fvu": float(err / (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-30))}
+
+
+@dataclass
+class SAEProbe:
+    """One SAE at one hook on a probe slice: its codes' probe, the matched PCA probe, and its fidelity there."""
+
+    n_active_features: int          # distinct features active on at least one example (train + test)
+    n_components: int               # = max(1, n_active_features), the PCA probe's components
+    sae: ProbeResult                # probe on the SAE codes
+    pca: ProbeResult                # probe on that many principal components of the raw states
+    slice_nmse: float               # reconstruction error of the slice's states (reconstruction_error)
+    slice_fvu: float
+
+
+@torch.no_grad()
+def probe_sae(states: torch.Tensor, data: ProbeSlice, sae, scale: float = 1.0, *, seed: int = 0,
+              Cs: Sequence[float] | None = CV_CS, cv: int = 3, max_iter: int = 2000) -> SAEProbe:
+    """Probes (b) and (c) for one SAE on raw states [n_train + n_test, d] (train rows first), which the SAE
+    reads multiplied by `scale` (the input scale it was trained with). Regularisation chosen by CV."""
+    n_train = len(data.train_texts)
+    if states.shape[0] != n_train + len(data.test_texts):
+        raise ValueError(f"states has {states.shape[0]} rows; the slice has {n_train} + {len(data.test_texts)}")
+    param = next(sae.parameters())
+    x = (states * scale).to(param.device, param.dtype)
+    codes = sae.encode(x).cpu()                                                    # [n, d_sae]
+    n_active = count_active_features(codes)
+    fit: dict[str, Any] = dict(seed=seed, Cs=Cs, cv=cv, max_iter=max_iter)
+    err = reconstruction_error(sae, x)
+    return SAEProbe(n_active, max(1, n_active),
+                    fit_probe(codes[:n_train], data.train_labels, codes[n_train:], data.test_labels, **fit),
+                    fit_probe(states[:n_train], data.train_labels, states[n_train:], data.test_labels,
+                              n_components=max(1, n_active), **fit),
+                    err["nmse"], err["fvu"])
+
+
+@torch.no_grad()
 def probe_study(model, data: ProbeSlice, hook_names: Sequence[str] | None = None,
                 saes: Mapping[str, torch.nn.Module] | None = None, scales: Mapping[str, float] | None = None,
                 *, seed: int = 0, max_iter: int = 2000, batch_size: int = 64) -> list[LayerProbes]:
@@ -144,13 +235,13 @@ def probe_study(model, data: ProbeSlice, hook_names: Sequence[str] | None = None
     texts = list(data.train_texts) + list(data.test_texts)
     n_train = len(data.train_texts)
     states = last_token_states(model, texts, hook_names, batch_size)
-    fit = dict(seed=seed, max_iter=max_iter)
+    fit: dict[str, Any] = dict(seed=seed, max_iter=max_iter)
     results = []
     for hook in hook_names:
         h = states[hook]                                                        # [n, d]
         layer = LayerProbes(hook, fit_probe(h[:n_train], data.train_labels, h[n_train:], data.test_labels, **fit))
         if hook in saes:
-            sae = saes[hook]
+            sae: Any = saes[hook]
             param = next(sae.parameters())
             codes = sae.encode((h * scales.get(hook, 1.0)).to(param.device, param.dtype)).cpu()   # [n, d_sae]
             layer.n_active_features = count_active_features(codes)
