@@ -1,6 +1,7 @@
 """Progress bars that never leave debris in an executed notebook.
 
-Every bar in saelib comes from here: plain-text `tqdm.std` bars (no ipywidgets needed, so no TqdmWarning),
+Every bar in saelib comes from here: plain-text `tqdm.std` bars (no ipywidgets needed, so no TqdmWarning;
+importing this module also silences the one TqdmWarning that tqdm.auto raises in libraries we call),
 switched off entirely when the environment variable SAELIB_PROGRESS is "0" (run_all.sh sets it, so
 papermill's saved outputs carry no progress text). In an interactive notebook or a terminal they behave as
 usual.
@@ -11,9 +12,15 @@ usual.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
+from tqdm.std import TqdmWarning
 from tqdm.std import tqdm as _std_tqdm
+
+# Libraries we call (transformer_lens) import tqdm.auto, which warns in a Jupyter kernel without ipywidgets
+# and then falls back to these same text bars; that one warning says nothing to a reader of a notebook.
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 
 def progress_enabled() -> bool:
