@@ -140,3 +140,90 @@ def test_batchtopk_export_and_import_through_sae_lens(tmp_path):
     torch.testing.assert_close(imported.encode(x), as_jumprelu.encode(x), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(imported(x), as_jumprelu(x), rtol=1e-9, atol=1e-12)
     assert math.isclose(imported.threshold[0].item(), 0.15)
+
+
+# ----------------------------------------------------------------------------- JumpReLU, 2025 options
+
+EPS = 0.05
+MODES = {   # id: (our options, SAELens config fields)
+    "step": (dict(), dict(jumprelu_sparsity_loss_mode="step")),
+    "step+encoder_ste": (dict(encoder_ste=True), dict(jumprelu_sparsity_loss_mode="step", jumprelu_ste_to_input=True)),
+    "tanh": (dict(sparsity_mode="tanh", tanh_scale=3.0),
+             dict(jumprelu_sparsity_loss_mode="tanh", jumprelu_tanh_scale=3.0)),
+    "tanh+encoder_ste+pre_act": (
+        dict(sparsity_mode="tanh", tanh_scale=4.0, encoder_ste=True, pre_act_loss_coeff=0.7, pre_act_on="dead",
+             dead_tokens=10),
+        dict(jumprelu_sparsity_loss_mode="tanh", jumprelu_tanh_scale=4.0, jumprelu_ste_to_input=True,
+             pre_act_loss_coefficient=0.7)),
+    "quadratic": (dict(sparsity_mode="quadratic", target_l0=4.0),
+                  dict(jumprelu_sparsity_loss_mode="quadratic", target_l0=4.0)),
+    "quadratic+encoder_ste": (dict(sparsity_mode="quadratic", target_l0=2.5, encoder_ste=True),
+                              dict(jumprelu_sparsity_loss_mode="quadratic", target_l0=2.5,
+                                   jumprelu_ste_to_input=True)),
+}
+
+
+def _jumprelu_pair(ours_options, lens_fields, coeff):
+    ours = _random_(JumpReLUSAE(D_IN, D_SAE, bandwidth=EPS, **ours_options).double())
+    lens = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, dtype="float64", device="cpu",
+                                                         jumprelu_bandwidth=EPS, l0_coefficient=coeff,
+                                                         **lens_fields))
+    _copy_weights(ours, lens)
+    theta = (0.05 + 0.3 * torch.rand(D_SAE, generator=torch.Generator().manual_seed(7))).float()   # float32
+    with torch.no_grad():
+        lens.threshold.copy_(theta)                  # SAELens keeps theta itself, in float32
+        ours.log_threshold.copy_(theta.double().log())   # saelib trains log theta (same theta up to 1 ulp)
+    return ours, lens
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_jumprelu_2025_terms_and_gradients_match_sae_lens(mode):
+    """Reconstruction, sparsity term (times lambda), pre-activation loss, the total, and the gradients of the
+    encoder, decoder and biases in float64; the threshold's gradient through d/dtheta = d/dlog theta / theta
+    (SAELens's float32 threshold: float32 tolerance)."""
+    ours_options, lens_fields = MODES[mode]
+    coeff = 0.37
+    ours, lens = _jumprelu_pair(ours_options, lens_fields, coeff)
+    x = _x(5, n=128)
+    pi = ours.pre_activations(x).detach()
+    in_window = ((pi - ours.threshold.detach()).abs() < EPS / 2).sum().item()
+    assert in_window >= 5, "the test needs pre-activations inside the kernel window"
+    dead = None
+    if ours.pre_act_loss_coeff > 0:
+        dead = torch.zeros(D_SAE, dtype=torch.bool)
+        dead[1::3] = True
+        with torch.no_grad():
+            ours.tokens_since_fired.copy_(dead.long() * 10)
+    out = ours.loss(x, coeff)
+    ref = _step(lens, x, coefficients={"l0": coeff}, dead=dead)
+    torch.testing.assert_close(out.f, ref.feature_acts, **F64)
+    torch.testing.assert_close(out.reconstruction, ref.losses["mse_loss"], **F64)
+    torch.testing.assert_close(coeff * out.sparsity, ref.losses["l0_loss"], **F64)
+    if dead is not None:
+        assert out.aux.item() > 0
+        torch.testing.assert_close(out.aux, ref.losses["pre_act_loss"], **F64)
+    else:
+        assert "pre_act_loss" not in ref.losses and out.aux.item() == 0.0
+    torch.testing.assert_close(out.loss, ref.loss, **F64)
+    out.loss.backward()
+    ref.loss.backward()
+    _assert_grads(ours, lens)
+    theta = ours.threshold.detach()
+    grad_theta = ours.log_threshold.grad / theta                  # d/dtheta = d/dlog theta / theta
+    assert torch.count_nonzero(lens.threshold.grad) > 0
+    torch.testing.assert_close(grad_theta.float(), lens.threshold.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_pre_activation_loss_on_all_latents_is_sae_lens_with_every_latent_dead():
+    """Convention: Anthropic's equation sums over all latents (saelib's default pre_act_on="all"); SAELens applies
+    it to its trainer's dead latents only. The two agree when SAELens is told that every latent is dead."""
+    ours, lens = _jumprelu_pair(dict(pre_act_loss_coeff=0.5), dict(pre_act_loss_coefficient=0.5), 0.1)
+    x = _x(6, n=64)
+    out = ours.loss(x, 0.1)
+    ref = _step(lens, x, coefficients={"l0": 0.1}, dead=torch.ones(D_SAE, dtype=torch.bool))
+    torch.testing.assert_close(out.aux, ref.losses["pre_act_loss"], **F64)
+    out.loss.backward()
+    ref.loss.backward()
+    _assert_grads(ours, lens)
+    partial = _step(lens, x, coefficients={"l0": 0.1}, dead=torch.arange(D_SAE) % 2 == 0)
+    assert partial.losses["pre_act_loss"].item() < out.aux.item()   # SAELens's dead-only version is smaller
