@@ -7,8 +7,14 @@ import torch
 
 from saelib import JumpReLUSAE, ReLUSAE
 from saelib.eval.monitor import ThresholdMonitor
-from saelib.eval.ste_check import (finite_difference_threshold_gradient, gradient_agreement, sparsity_gradient_paths,
-                              ste_threshold_gradients)
+from saelib.eval.ste_check import (
+    finite_difference_threshold_gradient,
+    gradient_agreement,
+    perturb_thresholds,
+    rectangle_window_terms,
+    sparsity_gradient_paths,
+    ste_threshold_gradients,
+)
 from saelib.training.loop import TrainConfig, train_sae
 
 
@@ -110,7 +116,7 @@ def test_monitor_records_without_changing_training():
     train_sae(plain, x, cfg)
     monitor = ThresholdMonitor(x, watched, every=10, batch_size=cfg.batch_size, seed=cfg.seed)
     train_sae(watched, monitor, cfg)
-    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), watched.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), watched.parameters(), strict=True))
     assert [r["step"] for r in monitor.records] == [0, 10, 20]
     first = monitor.records[0]
     assert first["theta_q50"] == pytest.approx(0.01) and first["log_theta_mean"] == pytest.approx(math.log(0.01))
@@ -118,3 +124,50 @@ def test_monitor_records_without_changing_training():
     assert monitor.records[-1]["theta_q50"] != pytest.approx(0.01)      # the thresholds moved
     with pytest.raises(ValueError, match="JumpReLUSAE"):
         ThresholdMonitor(x, ReLUSAE(12, 24), batch_size=128)
+
+
+def test_rectangle_ste_is_the_linearised_finite_difference_over_its_window():
+    """eqs. 11-12 with the rectangle kernel = a central difference of the batch loss over (theta -+ eps/2),
+    exactly for the L0 term and for the loss linearised in the codes (jump height theta)."""
+    sae, x = _sae_and_data(n=3_000)
+    lam, eps = 0.3, 0.05
+    ste = ste_threshold_gradients(sae, x, lam, batch_size=3_000, bandwidth=eps)[0]
+    terms = rectangle_window_terms(sae, x, lam, bandwidth=eps)
+    assert terms["in_window"].min() > 10                                    # every feature has tokens inside
+    torch.testing.assert_close(ste, terms["linearised"], rtol=1e-10, atol=1e-13)
+    sae.bandwidths.fill_(eps)                                               # the L0 term alone, lambda = 1
+    sae.zero_grad(set_to_none=True)
+    sae.loss(x, 1.0).sparsity.backward()
+    torch.testing.assert_close(sae.log_threshold.grad, rectangle_window_terms(sae, x, 1.0)["fd_l0"],
+                               rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(terms["fd"], terms["linearised"], rtol=1e-3)  # the jump's nonlinearity is real
+    assert torch.corrcoef(torch.stack([terms["fd"], terms["linearised"]]))[0, 1] > 0.9
+
+
+def test_window_finite_difference_matches_moving_the_threshold():
+    sae, x = _sae_and_data(n=2_000)
+    lam, eps = 0.3, 0.05
+    terms = rectangle_window_terms(sae, x, lam, bandwidth=eps)
+    theta = sae.threshold.detach()
+    for i in (0, 7, 19):
+        losses = []
+        for sign in (1, -1):
+            s = copy.deepcopy(sae).eval()
+            with torch.no_grad():
+                s.log_threshold[i] = torch.log(theta[i] + sign * eps / 2)
+                losses.append(s.loss(x, lam).loss.item())
+        brute = theta[i].item() * (losses[0] - losses[1]) / eps                  # d/dlog theta = theta d/dtheta
+        assert terms["fd"][i].item() == pytest.approx(brute, rel=1e-9, abs=1e-12)
+
+
+def test_perturbed_thresholds_move_within_the_spread_and_leave_the_sae_alone():
+    sae, _ = _sae_and_data(n=100)
+    before = sae.log_threshold.detach().clone()
+    moved = perturb_thresholds(sae, spread=0.7, seed=3)
+    shift = moved.log_threshold.detach() - before
+    assert torch.equal(sae.log_threshold.detach(), before)
+    assert shift.abs().max() <= 0.7 and shift.abs().max() > 0.5 and shift.min() < 0 < shift.max()
+    assert torch.equal(perturb_thresholds(sae, 0.7, seed=3).log_threshold, moved.log_threshold)
+    assert torch.equal(moved.W_enc, sae.W_enc)
+    with pytest.raises(ValueError, match="penalty='l1'"):
+        rectangle_window_terms(_sae_and_data("l1", n=100)[0], torch.randn(10, 12, dtype=torch.float64), 0.1)

@@ -139,3 +139,64 @@ def gradient_agreement(ste_batches: torch.Tensor, fd: torch.Tensor, fd_stderr: t
             "slope": float((mean * ref).sum() / ref.pow(2).sum()),
             "step_snr": float((mean.abs() / rms.clamp_min(1e-30)).median()),
             "features": int(keep.sum())}
+
+
+def perturb_thresholds(sae, spread: float = 0.7, seed: int = 0):
+    """A copy of `sae` with every log_threshold moved by U(-spread, spread) (seeded).
+
+    A trained SAE sits near a stationary point of the expected loss in each threshold, where the true
+    gradient is ~0 and any estimator "agrees" with it only up to noise; moving the thresholds off it gives
+    gradients of both signs and real size to compare against (JumpReLU paper §4's argument is about those)."""
+    import copy
+
+    _check_jumprelu(sae)
+    check_positive("spread", spread)
+    out = copy.deepcopy(sae)
+    g = torch.Generator().manual_seed(seed)
+    shift = (torch.rand(out.d_sae, generator=g, dtype=torch.float64) * 2 - 1) * spread
+    with torch.no_grad():
+        out.log_threshold.add_(shift.to(out.log_threshold.dtype).to(out.log_threshold.device))
+    return out
+
+
+@torch.no_grad()
+def rectangle_window_terms(sae, x: torch.Tensor, sparsity_coeff: float,
+                           bandwidth: float | None = None) -> dict[str, torch.Tensor]:
+    """The rectangle-kernel STE of one batch x [B, d_in] as a finite difference over its own window.
+
+    With window W_i = (theta_i - eps/2, theta_i + eps/2], r = x - x_hat (the SAE's own codes), d_i the decoder
+    row, s_n = +1 for a token whose feature i is on (z > theta_i), -1 otherwise, each [d_sae], with respect
+    to log_threshold (theta x d/dtheta), per-token means over the batch:
+
+      fd          (L(theta_i + eps/2) - L(theta_i - eps/2)) / eps, the exact central difference of the batch
+                  loss, feature by feature = sum_W [2 z r.d_i + s_n z^2 ||d_i||^2 - lambda] / (B eps)
+      fd_l0       the sparsity term's part of fd: -lambda * |W| / (B eps) (L0 penalty)
+      linearised  the same difference of the loss linearised in f_i around the current codes, with the jump
+                  height z replaced by theta_i: sum_W [2 theta_i r.d_i - lambda] / (B eps). This is exactly what
+                  eqs. 11-12 with K = rectangle compute (ste_threshold_gradients), to rounding.
+      in_window   |W| per feature
+
+    fd - linearised = sum_W [2 (z - theta) r.d_i + s_n z^2 ||d_i||^2] / (B eps): the first part is O(eps), the
+    second cancels between the two halves of the window when the pre-activation density is smooth there.
+    Only the L0 penalty is supported (the L1 penalty has no jump in its sparsity term).
+    """
+    _check_jumprelu(sae)
+    if sae.penalty != "l0":
+        raise ValueError(f"penalty={sae.penalty!r} is not supported here; allowed: 'l0'")
+    eps = float(sae.bandwidths[0]) if bandwidth is None else float(bandwidth)
+    check_positive("bandwidth", eps)
+    theta = sae.threshold                                                   # [d_sae]
+    z = sae.pre_activations(x)                                              # [B, d_sae]
+    on = z > theta
+    f = z * on
+    r = x - sae.decode(f)                                                   # [B, d_in]
+    r_dot_d = r @ sae.W_dec.T                                               # [B, d_sae]
+    d_norm2 = sae.W_dec.pow(2).sum(-1)                                      # [d_sae]
+    window = (z > theta - eps / 2) & (z <= theta + eps / 2)                 # [B, d_sae]
+    w = window.to(z.dtype)
+    sign = on.to(z.dtype) * 2 - 1
+    n, lam = x.shape[0], float(sparsity_coeff)
+    fd = (w * (2 * z * r_dot_d + sign * z.pow(2) * d_norm2 - lam)).sum(0) / (n * eps)
+    linearised = (w * (2 * theta * r_dot_d - lam)).sum(0) / (n * eps)
+    fd_l0 = -lam * w.sum(0) / (n * eps)
+    return {"fd": theta * fd, "fd_l0": theta * fd_l0, "linearised": theta * linearised, "in_window": w.sum(0)}
