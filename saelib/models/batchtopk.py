@@ -37,6 +37,8 @@ from saelib.validation import check_choice, check_positive, check_range
 
 class BatchTopKSAE(SAE):
     architecture = "batchtopk"
+    threshold: torch.Tensor                  # buffers (declared for type checkers)
+    tokens_since_fired: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: float = 32, threshold_lr: float = 0.01,
                  aux_k: int | None = None, aux_coeff: float = 1 / 32, dead_tokens: int = 1_000_000,

@@ -52,6 +52,7 @@ PRE_ACT_ON = ("all", "dead")
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     bandwidths: torch.Tensor
+    tokens_since_fired: torch.Tensor          # only with pre_act_on="dead" and pre_act_loss_coeff > 0
 
     def __init__(self, d_in: int, d_sae: int, kernel: str = "rectangle", bandwidth: float | str = 1e-3,
                  theta_init: float = 1e-3, penalty: str = "l0", normalize_decoder: bool = True,
@@ -174,7 +175,7 @@ class JumpReLUSAE(SAE):
         else:
             l0 = heaviside_ste(pi, theta, eps, self.kernel, to_input=ste).sum(-1)   # per token  [batch]
             if self.sparsity_mode == "quadratic":                                    # Gemma Scope 2
-                target = self.target_l0
+                target = float(self.target_l0 or 0.0)                                  # set (checked)
                 sparsity = (2.0 / target * (l0 - target).pow(2)).mean()
             else:
                 sparsity = l0.mean()                                                 # eq. 6
