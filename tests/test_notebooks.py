@@ -15,8 +15,9 @@ def _code_cells(path):
     return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
 
 
-def test_there_are_ten_numbered_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
+def test_the_numbered_notebooks_are_00_to_09_and_more_without_duplicates():
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert {f"{i:02d}" for i in range(10)} <= set(numbers) and len(numbers) == len(set(numbers)), numbers
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -97,3 +98,8 @@ def test_claims_readme_block_is_refreshed(tmp_path, monkeypatch):
     assert update_readme(readme, "smoke")
     text = readme.read_text()
     assert "stale table" not in text and "| 99_test | a claim |" in text and "**no**" in text and text.endswith("end\n")
+
+
+def test_features_notebook_rejects_a_model_without_corpus_labels(tmp_path, monkeypatch):
+    message = _error_of(_notebook("11"), tmp_path, monkeypatch, scale="smoke", model="gpt2-small")
+    assert "model" in message and "'embedded'" in message
