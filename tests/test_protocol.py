@@ -217,3 +217,51 @@ def test_claims_record_seeds_paper_figure_and_rule(tmp_path, monkeypatch):
     assert "paper's figure" in header and "seeds" in header and "verdict rule" in header
     assert all(line.count("|") == header.count("|") for line in table.splitlines())
     assert Claim("n", "c", "s", "e", "o", True).n_seeds is None
+
+
+# ----------------------------------------------------------------------------- seeds, points, shared runs
+
+def test_check_seeds_defaults_to_the_scale_and_refuses_bad_values():
+    from saelib.lab.protocol import check_seeds, lr_sweep_seeds
+
+    assert check_seeds(None, get_scale("default")) == (0, 1, 2)
+    assert check_seeds(None, SCALE) == (0, 1)
+    assert check_seeds([4, 7], SCALE) == (4, 7)
+    assert lr_sweep_seeds(get_scale("default")) == (0, 1) and lr_sweep_seeds(SCALE) == (0,)
+    for bad in ([], [0, 0], [-1], [1.5], "012", 3):
+        with pytest.raises(ValueError, match="seeds"):
+            check_seeds(bad, SCALE)
+
+
+def test_middle_points():
+    from saelib.lab.experiments import middle_points
+
+    assert middle_points([1, 2, 3, 4]) == [2, 3]
+    assert middle_points([1, 2, 3, 4, 5]) == [2, 3]
+    assert middle_points([1, 2, 3, 4, 5], 1) == [3]
+    assert middle_points([1, 2]) == [1, 2]
+
+
+def test_the_lr_sweep_runs_its_middle_frontier_point_and_shares_the_chosen_run():
+    from saelib.lab.experiments import default_max_k, frontier_specs, run_key
+    from saelib.lab.protocol import lr_sweep_point, lr_sweep_specs
+
+    class FakeSite:
+        key = {"fake": 1}
+        scale = get_scale("default")
+        d_in = 128
+
+    site = FakeSite()
+    assert default_max_k(site) == 128
+    for fam in ("standard", "gated", "jumprelu", "topk"):
+        frontier = frontier_specs(fam, site.scale.sweep_points, max_k=default_max_k(site))
+        assert lr_sweep_point(fam, site) == frontier[len(frontier) // 2]
+    (spec,) = lr_sweep_specs("gated", site, candidates=[3e-3])
+    frontier_spec = lr_sweep_point("gated", site)
+    assert spec.train == {"lr": 3e-3} and frontier_spec.train == {}
+    protocol = Protocol(lrs={"gated": 3e-3})
+    a = run_key(site, spec, train_config(spec, site.scale, 0, protocol))
+    b = run_key(site, frontier_spec, train_config(frontier_spec, site.scale, 0, protocol))
+    assert a == b                                           # the chosen rate's sweep run is the frontier's run
+    c = run_key(site, frontier_spec, train_config(frontier_spec, site.scale, 0, Protocol(lrs={"gated": 1e-2})))
+    assert c != a

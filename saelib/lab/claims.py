@@ -66,6 +66,25 @@ class Claims:
     def table(self) -> str:
         return markdown_table(self.items)
 
+    def summary(self) -> str:
+        """The verdicts as a markdown list, for a notebook's closing text (built from the recorded claims, so it
+        always says what this run found)."""
+        lines = []
+        for c in self.items:
+            verdict = "holds" if c.holds else "does not hold"
+            seeds = f", {c.n_seeds} seeds" if c.n_seeds else ""
+            lines.append(f"- **{verdict}**{seeds}: {c.claim}. Observed: {c.observed}"
+                         + (f" Paper: {c.paper}." if c.paper else ""))
+        held = sum(c.holds for c in self.items)
+        return f"{held} of {len(self.items)} claims hold in this run:\n\n" + "\n".join(lines)
+
+    def show_summary(self):
+        try:
+            from IPython.display import Markdown, display
+            display(Markdown(self.summary()))
+        except ImportError:  # pragma: no cover
+            print(self.summary())
+
     def show(self):
         try:
             from IPython.display import Markdown, display

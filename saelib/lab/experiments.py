@@ -232,7 +232,10 @@ def run_key(site: Site, spec: SAESpec, cfg: TrainConfig, options: dict | None = 
     from saelib.lab.fingerprint import code_fingerprint
 
     # options: the constructor options the run uses (effective_options); None: those of the default Protocol()
-    spec_fields = asdict(spec) | {"label": None, "options": effective_options(spec) if options is None else options}
+    # spec.train is left out: its whole effect is in cfg (so an LR-sweep spec with train={"lr": x} and a frontier
+    # spec trained at the protocol's lr x share one run)
+    spec_fields = asdict(spec) | {"label": None, "train": None,
+                                  "options": effective_options(spec) if options is None else options}
     payload = {"site": site.key, "spec": spec_fields, "train": asdict(cfg) | {
         k: None for k in ("progress", "log_every", "checkpoint_dir", "device")}, "code": code_fingerprint()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -370,17 +373,35 @@ def coefficient_grid(low: float, high: float, n: int) -> list[float]:
 
 # ----------------------------------------------------------------------------- the shared frontiers
 
-# Sparsity-coefficient ranges that span L0 of roughly 5-150 on unit-mean-squared-norm activations
-# (the embedded model's residual stream and the synthetic default). TopK sweeps k instead.
+# Sparsity-coefficient ranges on unit-mean-squared-norm activations (the embedded model's residual stream and
+# the synthetic default). TopK sweeps k instead. ReLU and Gated: 0.01-0.27 spans L0 of roughly 3-100 under the
+# shared protocol (gradient clipping, tuned learning rates; at the old unclipped settings lambda 1 gave L0 ~1-2,
+# below anything a comparison needs).
 # JumpReLU: above lambda ~ 0.1 its L0 saturates at ~5 in a default-scale run (the L0 penalty moves
 # log-thresholds at Adam's rate whatever lambda), so the grid reaches down to 1e-4 (measured at default
 # scale, blocks.2.hook_resid_post: lambda 3e-4 -> L0 21.7, 1e-3 -> 16.6, 3e-3 -> 10.2, 0.3 and 1 -> 5.0).
 COEFFICIENT_RANGES: dict[str, tuple[float, float]] = {
-    "standard": (0.03, 1.0),
-    "gated": (0.03, 1.0),
+    "standard": (0.01, 0.27),      # 4 points: 0.01, 0.03, 0.09, 0.27
+    "gated": (0.01, 0.27),
     "jumprelu": (1e-4, 0.03),
 }
 TOPK_KS = (8, 16, 32, 64, 128, 256)
+TOPK_MAX_DENSITY = 4       # TopK frontiers keep k <= d_sae / TOPK_MAX_DENSITY (denser codes are not sparse)
+
+
+def default_max_k(site: Site) -> int:
+    """The largest k of the shared TopK frontier on `site`: d_sae / TOPK_MAX_DENSITY."""
+    return site.scale.expansion * site.d_in // TOPK_MAX_DENSITY
+
+
+def middle_points(values: Sequence, n: int = 2) -> list:
+    """The n central elements of `values` (all of them when there are at most n), e.g. the lambdas at which an
+    ablation arm is trained: middle_points([a, b, c, d]) == [b, c]."""
+    values = list(values)
+    if len(values) <= n:
+        return values
+    start = (len(values) - n) // 2
+    return values[start:start + n]
 
 
 def frontier_specs(architecture: str, n_points: int, *, label: str | None = None,

@@ -31,6 +31,7 @@ Verdict rules (`judge`; stated in each claim's "rule" column):
   lower / higher   at every compared L0, every seed's paired difference has the expected sign AND
                    |mean| > 2 sd of the paired differences (with 3 seeds about a one-sample t > 3.5).
   not_lower        "no better": at no compared L0 is the difference lower by that rule.
+  not_higher       "at least as good": at no compared L0 is the difference higher by that rule.
   equivalent       at every compared L0, |mean paired difference| < margin, where margin = 2 x the pooled
                    seed-to-seed sd of the two sides at that L0 (the spread of one arm alone, measured here),
                    unless an explicit margin is given. The margin is printed beside the verdict.
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 
 from saelib.validation import check_choice, check_positive
 
-EXPECTATIONS = ("lower", "higher", "not_lower", "equivalent")
+EXPECTATIONS = ("lower", "higher", "not_lower", "not_higher", "equivalent")
 
 
 # ----------------------------------------------------------------------------- one frontier
@@ -271,6 +272,7 @@ RULES = {
     "lower": "lower at every compared L0: all seeds' paired differences < 0 and |mean| > 2 sd of them",
     "higher": "higher at every compared L0: all seeds' paired differences > 0 and |mean| > 2 sd of them",
     "not_lower": "no better: at no compared L0 are all seeds' paired differences < 0 with |mean| > 2 sd",
+    "not_higher": "at least as good: at no compared L0 are all seeds' paired differences > 0 with |mean| > 2 sd",
     "equivalent": "equivalent at every compared L0: |mean paired difference| < margin = 2 x pooled seed sd "
                   "of one arm (or the stated margin)",
 }
@@ -303,7 +305,8 @@ class Result:
 
 def judge(paired: Sequence[Paired], expect: str, *, margin: float | None = None, what: str = "",
           digits: int = 4) -> Result:
-    """Apply the verdict rule `expect` ("lower" | "higher" | "not_lower" | "equivalent") to every compared L0.
+    """Apply the verdict rule `expect` ("lower" | "higher" | "not_lower" | "not_higher" | "equivalent") to every
+    compared L0.
 
     `what` prefixes the observed text (e.g. "delta LM loss, Gated vs ReLU"). For "equivalent" the margin is 2 x
     `Paired.spread()` at each L0 unless `margin` is given (same scale as the differences: log-ratio for
@@ -324,6 +327,8 @@ def judge(paired: Sequence[Paired], expect: str, *, margin: float | None = None,
         holds = all(significant(p, +1) for p in paired)
     elif expect == "not_lower":
         holds = not any(significant(p, -1) for p in paired)
+    elif expect == "not_higher":
+        holds = not any(significant(p, +1) for p in paired)
     else:
         margins = tuple(margin if margin is not None else 2 * p.spread() for p in paired)
         holds = all(abs(p.mean) < m for p, m in zip(paired, margins, strict=True))

@@ -1,5 +1,6 @@
 """Where things are written. Default- and paper-scale runs write figures to figures/ (committed);
-smoke runs (CI, tests) write under outputs/smoke/ so they never overwrite the committed figures.
+smoke runs (CI, tests) and long runs write under outputs/<scale>/figures/ so they never overwrite the committed
+figures.
 
 Override with the environment variables SAELIB_OUTPUT_DIR (everything) and SAELIB_FIGURES_DIR.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 from saelib.validation import check_choice
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCALES = ("smoke", "default", "paper")
+SCALES = ("smoke", "default", "long", "paper")
 
 
 def output_dir(scale: str) -> Path:
@@ -25,4 +26,5 @@ def figures_dir(scale: str) -> Path:
     check_choice("scale", scale, SCALES)
     if "SAELIB_FIGURES_DIR" in os.environ:
         return Path(os.environ["SAELIB_FIGURES_DIR"])
-    return output_dir("smoke") / "figures" if scale == "smoke" else REPO_ROOT / "figures"
+    # smoke (CI) and long (optional) runs never overwrite the committed default-scale figures
+    return output_dir(scale) / "figures" if scale in ("smoke", "long") else REPO_ROOT / "figures"

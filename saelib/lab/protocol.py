@@ -9,8 +9,9 @@ objective (mean over seeds).
 
     from saelib.lab.protocol import Protocol, lr_sweep, show_protocol
     base = Protocol(**protocol_changes)                  # protocol_changes: a dict in the parameters cell
-    tuning = lr_sweep(site, base, seeds=(0, 1, 2))        # trains once; later calls load from the run cache
+    tuning = lr_sweep(site, base)                         # seeds LR_SWEEP_SEEDS; trains once, later calls load
     protocol = tuning.protocol                            # base with the chosen learning rate per family
+    protocol, tuning = notebook_protocol(site, protocol_changes)    # the same in one call (no sweep if "lrs" given)
     show_protocol(protocol, site.scale, specs)            # prints the protocol and each spec's TrainConfig
     runs = sweep(site, specs, seeds=(0, 1, 2), protocol=protocol)
 
@@ -56,15 +57,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FAMILIES = ("standard", "gated", "jumprelu", "topk")   # the families the LR sweep tunes by default
 UNTUNED_LR = 1e-3                      # used only by a Protocol whose learning rates were not swept
-LR_CANDIDATES = (5e-4, 1e-3, 2e-3, 4e-3)   # the LR sweep's grid, the same for every family
-# The LR sweep's operating point per family: a point of the shared frontier grid (experiments.frontier_specs
-# with 5 points), near the middle of each family's L0 range, so that the chosen rate's runs are reused.
-LR_SWEEP_POINT: dict[str, dict[str, Any]] = {
-    "standard": {"sparsity_coeff": 0.03 * (1.0 / 0.03) ** 0.5},
-    "gated": {"sparsity_coeff": 0.03 * (1.0 / 0.03) ** 0.5},
-    "jumprelu": {"sparsity_coeff": 1e-4 * (0.03 / 1e-4) ** 0.5},
-    "topk": {"k": 32},
-}
+LR_CANDIDATES = (1e-3, 3e-3, 1e-2)     # the LR sweep's grid, the same for every family
+# The LR sweep's operating point per family is the middle point (index n // 2) of its shared frontier grid
+# (experiments.frontier_specs with the scale's sweep_points), so the chosen rate's runs are that frontier's
+# point; its seeds are the first n_seeds - 1 of the claims' seeds (at least one): a tuning step, not a claim.
 
 
 def _default_options() -> dict[str, dict]:
@@ -234,14 +230,44 @@ def held_out_objective(sae, x, sparsity_coeff: float, chunk: int = 4096) -> floa
     return total / max(1, n)
 
 
-def lr_sweep_specs(family: str, candidates: Sequence[float] = LR_CANDIDATES) -> list[SAESpec]:
-    """The sweep's specs for one family: its operating point at every candidate learning rate."""
-    from saelib.lab.experiments import SAESpec
+def lr_sweep_point(family: str, site: Site) -> SAESpec:
+    """The LR sweep's operating point for `family`: the middle spec of its shared frontier at the site's scale."""
+    from saelib.lab.experiments import default_max_k, frontier_specs
 
-    point = LR_SWEEP_POINT[family]
-    options = {"k": point["k"]} if "k" in point else {}
-    return [SAESpec(family, point.get("sparsity_coeff", 0.0), options, {"lr": lr}, label=family)
-            for lr in candidates]
+    specs = frontier_specs(family, site.scale.sweep_points, max_k=default_max_k(site))
+    return specs[len(specs) // 2]
+
+
+def lr_sweep_specs(family: str, site: Site, candidates: Sequence[float] = LR_CANDIDATES) -> list[SAESpec]:
+    """The sweep's specs for one family: its operating point at every candidate learning rate."""
+    point = lr_sweep_point(family, site)
+    return [replace(point, train={**point.train, "lr": float(lr)}) for lr in candidates]
+
+
+def lr_sweep_seeds(scale: Scale) -> tuple[int, ...]:
+    """The LR sweep's seeds: the first n_seeds - 1 of the claims' seeds, at least one."""
+    return tuple(range(max(1, scale.n_seeds - 1)))
+
+
+def check_seeds(seeds: Sequence[int] | None, scale: Scale, name: str = "seeds") -> tuple[int, ...]:
+    """A notebook's `seeds` parameter: None -> the scale's (0 .. n_seeds - 1); otherwise distinct integers >= 0."""
+    from saelib.validation import check_seed
+
+    if seeds is None:
+        return tuple(range(scale.n_seeds))
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise ValueError(f"{name}={seeds!r} is not allowed; allowed: None or a list of distinct integers >= 0")
+    values = list(seeds)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"{name}={values!r} is not allowed; allowed: None or a non-empty list of distinct "
+                         "integers >= 0")
+    for s in values:
+        check_seed(s, name)
+    return tuple(int(s) for s in values)
+
+
+def _point_text(spec: SAESpec) -> str:
+    return f"k={spec.options['k']}" if "k" in spec.options else f"lambda={spec.sparsity_coeff:.3g}"
 
 
 @dataclass
@@ -260,18 +286,20 @@ class LRSweep:
         return pd.DataFrame(self.rows)
 
 
-def lr_sweep(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] = (0, 1, 2),
+def lr_sweep(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] | None = None,
              families: Sequence[str] = FAMILIES, candidates: Sequence[float] = LR_CANDIDATES,
              progress: bool = True) -> LRSweep:
-    """Train every family at every candidate learning rate at its LR_SWEEP_POINT (seeds as given; cached
-    runs load instantly) and choose, per family, the rate with the lowest mean held-out objective.
+    """Train every family at every candidate learning rate at its operating point (lr_sweep_point; seeds:
+    lr_sweep_seeds(scale) unless given; cached runs load instantly) and choose, per family, the rate with the
+    lowest mean held-out objective.
 
     The returned `.protocol` is `base` with `lrs` set to the choices and `lr_source` saying so. A choice at
     the edge of the candidate grid is flagged in the rows ("edge"): widen `candidates` to see past it."""
     from saelib.lab.experiments import sweep
 
     base = base or Protocol()
-    specs = [s for fam in families for s in lr_sweep_specs(fam, candidates)]
+    seeds = lr_sweep_seeds(site.scale) if seeds is None else tuple(seeds)
+    specs = [s for fam in families for s in lr_sweep_specs(fam, site, candidates)]
     # each candidate rate is the spec's own lr override; the base protocol provides everything else
     runs = sweep(site, specs, seeds=tuple(seeds), protocol=base, progress=progress)
     grouped: dict[tuple[str, float], list[RunResult]] = {}
@@ -282,7 +310,8 @@ def lr_sweep(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] =
         fam_rows = []
         for lr in candidates:
             rs = grouped[(fam, float(lr))]
-            row: dict[str, Any] = {"family": fam, "lr": float(lr), "n_seeds": len(rs)}
+            row: dict[str, Any] = {"family": fam, "lr": float(lr), "n_seeds": len(rs),
+                                   "operating point": _point_text(rs[0].spec)}
             for metric in ("objective", "l0", "delta_lm_loss", "fvu"):
                 values = [float(r.metrics[metric]) for r in rs if metric in r.metrics]
                 if values:
@@ -295,13 +324,27 @@ def lr_sweep(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] =
             row["chosen"] = row is best
             row["edge"] = row is best and best["lr"] in (min(candidates), max(candidates))
         rows += fam_rows
-    source = (f"chosen by the LR sweep: lowest held-out objective over {len(tuple(seeds))} seeds at one operating "
+    source = (f"chosen by the LR sweep: lowest held-out objective, mean of {len(seeds)} seed(s), at one operating "
               f"point per family, candidates {', '.join(f'{c:g}' for c in candidates)}")
     protocol = replace(base, lrs={**dict(base.lrs), **chosen}, lr_source=source)
     return LRSweep(rows, chosen, protocol, runs, tuple(seeds))
 
 
-def tuned_protocol(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] = (0, 1, 2),
+def tuned_protocol(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] | None = None,
                    families: Sequence[str] = FAMILIES, progress: bool = True) -> Protocol:
     """`lr_sweep(site, base, seeds=seeds).protocol`: the protocol with every family's swept learning rate."""
     return lr_sweep(site, base, seeds=seeds, families=families, progress=progress).protocol
+
+
+def notebook_protocol(site: Site, changes: Mapping[str, Any] | None = None, *, progress: bool = True
+                      ) -> tuple[Protocol, LRSweep | None]:
+    """The protocol a notebook trains with, from its `protocol_changes` parameter (a dict of Protocol fields):
+    Protocol(**changes) with every family's learning rate from `lr_sweep` under that same protocol (cached:
+    the first notebook to ask trains the sweep, the others load it). When `changes` gives "lrs" (every family's
+    rate by hand), no sweep runs and lr_source says so. Returns (protocol, the sweep or None)."""
+    changes = dict(changes or {})
+    if "lrs" in changes:
+        changes.setdefault("lr_source", "given by hand in protocol_changes")
+        return make_protocol(changes), None
+    tuning = lr_sweep(site, make_protocol(changes), progress=progress)
+    return tuning.protocol, tuning

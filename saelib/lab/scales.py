@@ -1,8 +1,13 @@
-"""The three scales every notebook takes (docs/design.md §4).
+"""The scales every notebook takes (docs/design.md §4).
 
 smoke    CI: seconds per notebook on 2 CPU cores; tiny SAEs, a couple of sweep points.
 default  the embedded reproduction: the whole of run_all.sh in well under an hour on 2 CPU cores.
 paper    GPU, the papers' models and token budgets (batch 4096, 16x-32x expansion, ~10^8+ tokens).
+long     CPU, optional (hours): the default site and SAEs with 4x the training steps (and 2.7x the distinct
+         training tokens), to see whether a default-scale verdict changes when the frontiers have moved further.
+
+Every compared point of a claim is trained at `n_seeds` seeds (3 at default; 2 at smoke, which only shows
+that the notebooks run).
 
 A notebook reads its budget from `get_scale(scale)` and may override any field in its parameters cell.
 """
@@ -10,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from saelib.validation import check_choice, check_positive
 from saelib.lab.paths import SCALES
+from saelib.validation import check_choice, check_positive
 
 
 @dataclass(frozen=True)
@@ -24,33 +29,38 @@ class Scale:
     expansion: int           # d_sae = expansion * d_in
     sweep_points: int        # sparsity coefficients per frontier
     probe_examples: int      # labelled examples in the sentiment-probe slice
+    n_seeds: int = 3         # training seeds per compared point of a claim (saelib.lab.protocol.check_seeds)
 
     def __post_init__(self):
         check_choice("name", self.name, SCALES)
         for field in ("train_tokens", "eval_tokens", "batch_size", "train_steps", "expansion",
-                      "sweep_points", "probe_examples"):
+                      "sweep_points", "probe_examples", "n_seeds"):
             check_positive(field, getattr(self, field), integer=True)
 
     @property
     def train_token_budget(self) -> int:
         return self.batch_size * self.train_steps
 
-    def with_(self, **changes) -> "Scale":
+    def with_(self, **changes) -> Scale:
         """A copy with some fields replaced (None values are ignored), e.g. from a parameters cell."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 PRESETS = {
     "smoke": Scale("smoke", train_tokens=16_384, eval_tokens=2_048, batch_size=256, train_steps=120,
-                   expansion=2, sweep_points=2, probe_examples=300),
+                   expansion=2, sweep_points=2, probe_examples=300, n_seeds=2),
+    # 4 points per frontier x 3 seeds: log-log interpolation between them (saelib.lab.pareto); the equal-L0
+    # comparisons need the seeds more than a fifth point at this budget
     "default": Scale("default", train_tokens=393_216, eval_tokens=32_768, batch_size=1024, train_steps=1500,
-                     expansion=4, sweep_points=5, probe_examples=1200),
+                     expansion=4, sweep_points=4, probe_examples=1200),
+    "long": Scale("long", train_tokens=1_048_576, eval_tokens=32_768, batch_size=1024, train_steps=6000,
+                  expansion=4, sweep_points=4, probe_examples=1200),
     "paper": Scale("paper", train_tokens=50_000_000, eval_tokens=1_048_576, batch_size=4096,
                    train_steps=100_000, expansion=16, sweep_points=8, probe_examples=1000),
 }
 
 
 def get_scale(scale: str, **overrides) -> Scale:
-    """The preset for `scale` ("smoke" | "default" | "paper"), with optional field overrides."""
+    """The preset for `scale` ("smoke" | "default" | "long" | "paper"), with optional field overrides."""
     check_choice("scale", scale, PRESETS)
     return PRESETS[scale].with_(**overrides)
