@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from saelib.validation import check_choice, check_positive
 from saelib.lab.scales import PRESETS, Scale, get_scale
+from saelib.validation import check_choice, check_coefficients, check_each, check_positive, check_seed
 
 DEVICES = ("cpu", "cuda", "auto")
+# check_each and check_coefficients live in saelib.validation; notebooks import them from here too
+__all__ = ["Settings", "check_parameters", "check_each", "check_coefficients", "resolve_device", "seed_everything"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def check_parameters(*, scale: str, seed: int, device: str = "cpu", model: str =
     from saelib.data.registry import MODEL_NAMES
 
     check_choice("scale", scale, PRESETS)
-    check_positive("seed", seed, allow_zero=True, integer=True)
+    check_seed(seed)
     check_choice("model", model, MODEL_NAMES)
     if hook is not None and not isinstance(hook, str):
         raise ValueError(f"hook={hook!r} must be a transformer_lens hook name such as 'blocks.2.hook_resid_post'")
@@ -82,26 +83,3 @@ def check_parameters(*, scale: str, seed: int, device: str = "cpu", model: str =
     set_force_retrain(force_retrain)
     seed_everything(seed)
     return Settings(get_scale(scale, **scale_overrides), seed, resolve_device(device), model, hook, force_retrain)
-
-
-def check_each(name: str, values: Iterable[Any], allowed: Iterable[Any]) -> list:
-    """Every element of a list parameter must be one of `allowed`."""
-    values, allowed = list(values), tuple(allowed)
-    if not values:
-        raise ValueError(f"{name}=[] must not be empty; allowed elements: {', '.join(map(repr, allowed))}")
-    for v in values:
-        if v not in allowed:
-            raise ValueError(f"{name} contains {v!r}, which is not allowed; allowed elements: "
-                             f"{', '.join(map(repr, allowed))}")
-    return values
-
-
-def check_coefficients(name: str, values: Iterable[float], *, allow_zero: bool = False) -> list[float]:
-    """A non-empty list of numbers > 0 (>= 0 with allow_zero)."""
-    values = list(values)
-    if not values:
-        raise ValueError(f"{name}=[] must not be empty; allowed: a list of numbers > 0")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0 or (v == 0 and not allow_zero):
-            raise ValueError(f"{name} contains {v!r}; allowed: numbers {'>=' if allow_zero else '>'} 0")
-    return [float(v) for v in values]
