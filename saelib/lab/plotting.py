@@ -20,6 +20,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from saelib.files import atomic_write
 from saelib.lab.paths import REPO_ROOT, figures_dir
 
 # one colour per family, used by every figure
@@ -128,9 +129,10 @@ def save_figure(fig, name: str, scale: str = "default", pdf: bool = True) -> Pat
     out = figures_dir(scale)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
-    fig.savefig(png, dpi=130, metadata=PNG_METADATA)
+    # atomically (saelib.files): a crash never leaves half a figure
+    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=130, format="png", metadata=PNG_METADATA))
     if pdf:
-        fig.savefig(out / f"{name}.pdf", metadata=PDF_METADATA)
+        atomic_write(out / f"{name}.pdf", lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_METADATA))
     return FigurePath(png)
 
 
