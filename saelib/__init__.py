@@ -16,9 +16,20 @@ from saelib.eval.lm_metrics import evaluate_lm, loss_recovered
 from saelib.interop import from_sae_lens, load_gemma_scope_npz, to_sae_lens
 from saelib.io import load_sae, save_sae
 from saelib.kernels import KERNELS, get_kernel
-from saelib.metrics import (MetricsAccumulator, cosine_similarity, dead_features, dense_features, evaluate_sae,
-                            explained_variance, feature_frequencies, fraction_of_variance_unexplained, l0, mse,
-                            relative_reconstruction_bias, relative_reconstruction_bias_v1)
+from saelib.metrics import (
+    MetricsAccumulator,
+    cosine_similarity,
+    dead_features,
+    dense_features,
+    evaluate_sae,
+    explained_variance,
+    feature_frequencies,
+    fraction_of_variance_unexplained,
+    l0,
+    mse,
+    relative_reconstruction_bias,
+    relative_reconstruction_bias_v1,
+)
 from saelib.models.architectures import ARCHITECTURES, create_sae
 from saelib.models.base import SAE, LossOutput
 from saelib.models.batchtopk import BatchTopKSAE

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelib.io import sae_from_sae_lens_state, sae_lens_state
 from saelib.models.base import SAE
 from saelib.validation import check_positive
-from saelib.io import sae_from_sae_lens_state, sae_lens_state
 
 GEMMA_SCOPE_PARAMS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -50,7 +50,8 @@ def load_gemma_scope_npz(path: str | os.PathLike, device: str = "cpu", *,
 
     missing = [name for name in GEMMA_SCOPE_PARAMS if name not in arrays]
     if missing:
-        raise ValueError(f"{path}: missing parameter(s) {missing}; a Gemma Scope params.npz holds {list(GEMMA_SCOPE_PARAMS)}")
+        raise ValueError(f"{path}: missing parameter(s) {missing}; "
+                         f"a Gemma Scope params.npz holds {list(GEMMA_SCOPE_PARAMS)}")
     extra = sorted(set(arrays) - set(GEMMA_SCOPE_PARAMS))
     if extra:
         raise ValueError(f"{path}: unexpected parameter(s) {extra}; expected {list(GEMMA_SCOPE_PARAMS)}")

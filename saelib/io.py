@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from saelib.files import atomic_write, atomic_write_text
 from saelib.models.architectures import ARCHITECTURES, create_sae
 from saelib.models.base import SAE
+from saelib.models.gated import GatedSAE
 from saelib.validation import check_choice, check_positive
 
 CFG_FILENAME = "cfg.json"
@@ -205,7 +206,7 @@ def _absorb_b_dec_into_encoder(sae: SAE) -> None:
     """SAELens's apply_b_dec_to_input=False means pi = x W + b. Ours is pi = (x - b_dec) W + b', so
     b' = b + b_dec W (computed in float64)."""
     b_dec = sae.b_dec.double()
-    if sae.architecture == "gated":
+    if isinstance(sae, GatedSAE):
         shift = b_dec @ sae.W_gate.double()                           # [d_sae]
         sae.b_gate.add_(shift.to(sae.b_gate.dtype))
         mag_shift = b_dec @ sae.W_mag.double() if sae.mag_weights == "untied" else shift * sae.r_mag.double().exp()

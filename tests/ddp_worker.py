@@ -76,9 +76,9 @@ def main():
 
     # the model-driven activation buffer: each rank its own sequences and half the batch, one shared scale
     from saelib.data.activations import ActivationBuffer, BufferConfig
-    from saelib.training.distributed import all_gather_objects
     from saelib.data.normalization import estimate_scale
     from saelib.data.registry import load_model, load_text_dataset, model_tokenize
+    from saelib.training.distributed import all_gather_objects
 
     lm = load_model("embedded")
     rows = model_tokenize(lm, load_text_dataset("embedded", "heldout", n_docs=40), lm.cfg.n_ctx)

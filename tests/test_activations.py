@@ -7,8 +7,15 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from saelib.data.activations import (ActivationBuffer, ActivationCache, BufferConfig, cache_activations, hook_d_in,
-                                kept_activations, read_hook)
+from saelib.data.activations import (
+    ActivationBuffer,
+    ActivationCache,
+    BufferConfig,
+    cache_activations,
+    hook_d_in,
+    kept_activations,
+    read_hook,
+)
 
 PAD, BOS = 0, 1
 EXCLUDE = (PAD, BOS)
@@ -121,12 +128,17 @@ def test_buffer_size_in_activations(model, tokens):
     assert buffer.max_bytes == 500 * (16 * 4 + 8) + 3 * buffer.chunk_bytes
 
 
+def _rows_sorted(t: torch.Tensor) -> torch.Tensor:
+    """The rows of t ordered by their first column (compare two sets of rows regardless of order)."""
+    return t[torch.argsort(t[:, 0])]
+
+
 def test_same_seed_same_batches_other_seed_other_batches(model, tokens):
     a, b, c = make_buffer(model, tokens), make_buffer(model, tokens), make_buffer(model, tokens, seed=1)
     batches_a = [a.next_batch() for _ in range(25)]
     batches_b = [b.next_batch() for _ in range(25)]
     batches_c = [c.next_batch() for _ in range(25)]
-    assert all(torch.equal(x, y) for x, y in zip(batches_a, batches_b))
+    assert all(torch.equal(x, y) for x, y in zip(batches_a, batches_b, strict=True))
     assert not torch.equal(batches_a[0], batches_c[0])
 
 
@@ -134,7 +146,8 @@ def test_state_dict_round_trip_resumes_the_same_stream(model, tokens):
     ref = make_buffer(model, tokens)
     first = make_buffer(model, tokens)
     for _ in range(7):
-        first.next_batch(); ref.next_batch()
+        first.next_batch()
+        ref.next_batch()
     state = st_load(st_save(first.state_dict()))            # through safetensors, as checkpoints store it
     resumed = make_buffer(model, tokens)
     resumed.load_state_dict(state)
@@ -167,8 +180,7 @@ def test_every_activation_is_served_from_the_stream(model, tokens):
                          refill_fraction=1.0)
     served = torch.cat([buffer.next_batch() for _ in range(8)])
     expected = kept_activations(model, tokens, "blocks.1.hook_resid_post", EXCLUDE)[: len(served)]
-    key = lambda t: t[torch.argsort(t[:, 0])]
-    torch.testing.assert_close(key(served), key(expected))
+    torch.testing.assert_close(_rows_sorted(served), _rows_sorted(expected))
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(batch_size=0), "batch_size"),
@@ -209,8 +221,7 @@ def test_cache_serves_each_row_once_per_epoch_and_resumes(model, tokens, tmp_pat
     everything = cache.tensor()                                           # scaled like the batches
     assert everything.pow(2).sum(-1).mean().item() == pytest.approx(1.0, rel=1e-4)
     epoch = torch.cat([cache.next_batch() for _ in range(10)])
-    key = lambda t: t[torch.argsort(t[:, 0])]
-    torch.testing.assert_close(key(epoch), key(everything))
+    torch.testing.assert_close(_rows_sorted(epoch), _rows_sorted(everything))
 
     state = st_load(st_save(cache.state_dict()))
     expected = [cache.next_batch() for _ in range(15)]                    # crosses into the third epoch
@@ -281,8 +292,7 @@ def test_cache_shards_each_global_batch_across_ranks(model, tokens, tmp_path):
         whole = single.next_batch()
         parts = [c.next_batch() for c in ranks]
         assert all(p.shape == (32, whole.shape[1]) for p in parts)
-        key = lambda t: sorted(map(tuple, t.tolist()))
-        assert key(torch.cat(parts)) == key(whole)
+        assert sorted(map(tuple, torch.cat(parts).tolist())) == sorted(map(tuple, whole.tolist()))
     with pytest.raises(ValueError, match="rank"):
         ActivationCache(path, batch_size=64, rank=2, world_size=2)
 

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from saelib.data.corpus import probe_slice
-from saelib.data.embedded_model import (EmbeddedModelConfig, N_CHECK_ROWS, bigram_entropy, heldout_tokens,
-                                   load_embedded_model, lm_loss, train_embedded_model, unigram_entropy)
+from saelib.data.embedded_model import (
+    N_CHECK_ROWS,
+    EmbeddedModelConfig,
+    bigram_entropy,
+    heldout_tokens,
+    lm_loss,
+    load_embedded_model,
+    train_embedded_model,
+    unigram_entropy,
+)
 from saelib.data.tokenizer import WordTokenizer
 
 
@@ -44,7 +52,7 @@ def test_predicts_the_sentiment_word_of_the_probe_prompt(shipped):
     pos, neg = tokenizer.token_to_id["positive"], tokenizer.token_to_id["negative"]
     correct = 0
     with torch.no_grad():
-        for text, label in zip(ps.train_texts, ps.train_labels):
+        for text, label in zip(ps.train_texts, ps.train_labels, strict=True):
             logits = model(torch.tensor([tokenizer.encode(text)]))[0, -1]   # [d_vocab]
             correct += int((logits[pos] > logits[neg]) == bool(label))
     assert correct / len(ps.train_texts) > 0.75             # chance is 0.5; the shipped model scores 0.85
@@ -62,9 +70,11 @@ def test_entropies_on_known_streams():
 def test_training_is_deterministic_for_a_seed():
     cfg = EmbeddedModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=16, n_train_docs=40,
                               n_heldout_docs=20, steps=3, batch_size=4, warmup_steps=1)
-    silent = lambda line: None
+    def silent(line):
+        return None
+
     (a, ra), (b, rb) = train_embedded_model(cfg, log=silent), train_embedded_model(cfg, log=silent)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
     assert ra["heldout_loss"] == rb["heldout_loss"]
     c, _ = train_embedded_model(EmbeddedModelConfig(**{**vars(cfg), "seed": 1}), log=silent)

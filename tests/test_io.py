@@ -28,7 +28,7 @@ def make_sae(name, seed=0):
     torch.manual_seed(seed)
     sae = FACTORIES[name]()
     with torch.no_grad():
-        for pname, p in sae.named_parameters():
+        for p in sae.parameters():
             p.add_(0.2 * torch.randn_like(p))
         if isinstance(sae, JumpReLUSAE):
             sae.log_threshold.copy_(torch.log(0.3 * torch.rand(D_SAE) + 0.01))
@@ -157,7 +157,8 @@ def _rewrite_weights(folder, edit):
 def test_wrong_shape_names_file_and_parameter(tmp_path):
     save_sae(make_sae("jumprelu"), tmp_path)
     _rewrite_weights(tmp_path, lambda t: t.update(threshold=torch.ones(D_SAE + 1)))
-    with pytest.raises(ValueError, match=r"sae_weights\.safetensors: parameter 'threshold' has shape \(41,\), expected \(40,\)"):
+    with pytest.raises(ValueError, match=r"sae_weights\.safetensors: parameter 'threshold' has shape \(41,\), "
+                                         r"expected \(40,\)"):
         load_sae(tmp_path)
 
 
@@ -225,6 +226,6 @@ def test_adapted_jumprelu_bandwidths_survive_save_and_load(tmp_path):
     sae = JumpReLUSAE(8, 32, bandwidth="adaptive")
     for _ in range(5):
         sae.loss(torch.randn(256, 8), 0.1)            # adapts the per-feature bandwidths
-    assert not torch.allclose(sae.bandwidths, torch.full((32,), 1e-3))
+    assert not torch.allclose(sae.bandwidths, torch.full_like(sae.bandwidths, 1e-3))   # (held in float64)
     loaded = load_sae(save_sae(sae, tmp_path / "sae"))
     assert torch.equal(loaded.bandwidths, sae.bandwidths)

@@ -6,9 +6,9 @@ import torch
 
 from saelib.data.activations import kept_activations
 from saelib.data.embedded_model import lm_loss
-from saelib.eval.lm_metrics import evaluate_lm, loss_recovered
 from saelib.data.normalization import estimate_scale
 from saelib.data.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
+from saelib.eval.lm_metrics import evaluate_lm, loss_recovered
 from saelib.models.relu import ReLUSAE
 
 # zero-ablating each of these raises the embedded model's CE (measured: resid ~6.9, block-0 hook_z ~1.3,
@@ -38,7 +38,8 @@ def identity_sae(d_in: int) -> ReLUSAE:
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))        # [d_in, 2 d_in]
         sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))        # [2 d_in, d_in]
-        sae.b_enc.zero_(); sae.b_dec.zero_()
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
     return sae
 
 
@@ -64,7 +65,8 @@ def test_zero_reconstruction_recovers_nothing(model, tokens, hook_name):
     d_in = kept_activations(model, tokens[:1], hook_name, exclude(model)).shape[-1]
     sae = ReLUSAE(d_in, 32)
     with torch.no_grad():
-        sae.W_dec.zero_(); sae.b_dec.zero_()                     # output exactly 0 = zero ablation
+        sae.W_dec.zero_()                                        # output exactly 0 = zero ablation
+        sae.b_dec.zero_()
     result = evaluate_lm(model, sae, hook_name, tokens, scale=site_scale(model, tokens, hook_name))
     assert result.ce_sae == result.ce_zero
     assert result.loss_recovered == 0.0
@@ -114,6 +116,7 @@ def test_site_whose_ablation_is_harmless_raises(model, tokens):
         clone = HookedTransformer(model.cfg)
     clone.load_state_dict(model.state_dict())
     with torch.no_grad():
-        clone.blocks[0].mlp.W_out.zero_(); clone.blocks[0].mlp.b_out.zero_()
+        clone.blocks[0].mlp.W_out.zero_()
+        clone.blocks[0].mlp.b_out.zero_()
     with pytest.raises(ValueError, match="does not raise the loss"):
         evaluate_lm(clone.eval(), identity_sae(model.cfg.d_model), "blocks.0.hook_mlp_out", tokens[:4])

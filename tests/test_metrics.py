@@ -140,7 +140,7 @@ def test_streaming_float32_large_offset_fvu_is_accurate():
     x_hat = x + 0.005 * torch.randn(4096, 8, generator=g, dtype=torch.float64)
     ref = fraction_of_variance_unexplained(x, x_hat)
     acc = MetricsAccumulator()
-    for xb, xhb in zip(x.split(512), x_hat.split(512)):
+    for xb, xhb in zip(x.split(512), x_hat.split(512), strict=True):
         acc.update(xb, xhb)
     assert acc.compute()["fvu"] == pytest.approx(ref, rel=1e-6)
     assert "l0" not in acc.compute()  # no codes given

@@ -3,7 +3,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
-import pytest
 
 from saelib.lab.plotting import new_figure, plot_frequency_histogram
 

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from saelib.data.corpus import probe_slice
-from saelib.data.registry import (MODEL_NAMES, get_tokenizer, hub_reachable, load_model, load_text_dataset,
-                             model_tokenize, tokenize_padded)
+from saelib.data.registry import (
+    MODEL_NAMES,
+    get_tokenizer,
+    hub_reachable,
+    load_model,
+    load_text_dataset,
+    model_tokenize,
+    tokenize_padded,
+)
 
 
 @pytest.fixture(scope="module")

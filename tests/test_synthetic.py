@@ -92,7 +92,8 @@ def test_feature_recovery():
     data = SyntheticActivations(n_features=128, d_in=32)
     true = data.directions
     perm = torch.randperm(128, generator=torch.Generator().manual_seed(0))
-    scaled = true[perm] * (torch.rand(128, 1, generator=torch.Generator().manual_seed(2)) * 5 + 0.01)  # shuffled, rescaled
+    # the true directions, shuffled and rescaled
+    scaled = true[perm] * (torch.rand(128, 1, generator=torch.Generator().manual_seed(2)) * 5 + 0.01)
     assert feature_recovery(true, scaled) == pytest.approx(1.0, abs=1e-5)
     assert data.feature_recovery(scaled) == pytest.approx(1.0, abs=1e-5)
     # half the features learned (plus dead zero rows): true->learned drops, learned->true stays 1

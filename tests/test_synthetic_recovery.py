@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from saelib import create_sae
-from saelib.eval.metrics import evaluate_sae
 from saelib.data.normalization import estimate_scale
+from saelib.eval.metrics import evaluate_sae
 from saelib.eval.synthetic import SyntheticActivations
 from saelib.training.loop import TrainConfig, train_sae
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("synthetic_recovery")]  
 JUMPRELU = {"theta_init": 0.1, "bandwidth": 0.01}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _data():
     data = SyntheticActivations()                      # the documented default configuration
     train, held = data.sample(100_000, seed=1), data.sample(8192, seed=2)
@@ -32,7 +32,7 @@ def _data():
     return data, train * s, held * s
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _train(architecture: str, coeff: float, options: tuple = ()):
     data, train, held = _data()
     torch.manual_seed(0)
@@ -70,9 +70,9 @@ def test_features_are_recovered_near_the_true_l0(architecture, coeff, options):
 ])
 def test_l0_falls_as_the_coefficient_rises(architecture, coeffs, options):
     l0s = [_train(architecture, c, options)["l0"] for c in coeffs]
-    assert all(a > b for a, b in zip(l0s, l0s[1:])), l0s
+    assert all(a > b for a, b in zip(l0s, l0s[1:], strict=False)), l0s
 
 
 def test_topk_l0_falls_with_k():
     l0s = [_train("topk", 0.0, (("k", k),))["l0"] for k in (16, 8, 4)]
-    assert all(a > b for a, b in zip(l0s, l0s[1:])), l0s
+    assert all(a > b for a, b in zip(l0s, l0s[1:], strict=False)), l0s

@@ -4,8 +4,15 @@ import math
 
 import pytest
 
-from saelib.validation import (check_choice, check_coefficients, check_each, check_index, check_positive,
-                               check_range, check_seed)
+from saelib.validation import (
+    check_choice,
+    check_coefficients,
+    check_each,
+    check_index,
+    check_positive,
+    check_range,
+    check_seed,
+)
 
 
 def test_check_choice():

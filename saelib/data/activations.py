@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from saelib.progress import tqdm
 
+from saelib.data.normalization import NORMALIZATIONS, estimate_scale
 from saelib.files import atomic_write, atomic_write_json, read_json
+from saelib.progress import tqdm
 from saelib.training import distributed as D
 from saelib.validation import check_choice, check_index, check_positive, check_range
-from saelib.data.normalization import NORMALIZATIONS, estimate_scale
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -164,7 +164,8 @@ class BufferConfig:
             check_positive("scale", self.scale)
         check_choice("storage_dtype", self.storage_dtype, STORAGE_DTYPES)
         if self.buffer_bytes is None and self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size={self.buffer_size} is out of range; allowed: >= batch_size={self.batch_size}")
+            raise ValueError(f"buffer_size={self.buffer_size} is out of range; "
+                             f"allowed: >= batch_size={self.batch_size}")
 
 
 class ActivationBuffer:
@@ -286,6 +287,8 @@ class ActivationBuffer:
         idx = self.perm[self.served:self.served + b].sort().values        # sorted reads are faster; the
         self.served += b                                                   # order within a batch is irrelevant
         batch = self.storage.index_select(0, idx).to(torch.float32)          # [batch_size, d_in], a new tensor
+        if self.scale is None:                                              # set by the first _refill
+            raise RuntimeError("ActivationBuffer has no input scale yet")
         return batch.mul_(self.scale)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -300,11 +303,14 @@ class ActivationBuffer:
     # --- exact resumption ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue the same stream of batches (tensors only: safetensors-friendly)."""
-        as_tensor = lambda v, dtype=torch.long: torch.tensor(v, dtype=dtype)
+        def as_tensor(v, dtype=torch.long):
+            return torch.tensor(v, dtype=dtype)
+
+        # scale NaN: not yet estimated
         return {"storage": self.storage.cpu().clone(), "perm": self.perm.cpu().clone(),
                 "pending": self.pending.cpu().clone(), "served": as_tensor(self.served),
                 "next_seq": as_tensor(self.next_seq), "epoch": as_tensor(self.epoch),
-                "scale": as_tensor(math.nan if self.scale is None else self.scale, torch.float64),  # NaN: not yet estimated
+                "scale": as_tensor(math.nan if self.scale is None else self.scale, torch.float64),
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -26,17 +26,17 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from saelib.files import atomic_write, atomic_write_json
-from saelib.validation import check_positive, check_range
 from saelib.data.corpus import corpus_splits
 from saelib.data.tokenizer import WordTokenizer, pack_tokens
+from saelib.files import atomic_write, atomic_write_json
+from saelib.validation import check_positive, check_range
 
 ASSETS = Path(__file__).parent / "assets"
 WEIGHTS_FILE = "embedded_model.safetensors"

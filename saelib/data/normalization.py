@@ -15,7 +15,7 @@ SAE acts directly on raw activations.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -31,7 +31,7 @@ def estimate_scale(x: torch.Tensor | Iterable[torch.Tensor], normalization: str,
     if normalization == "none":
         return 1.0
     chunks = x.split(chunk_rows) if isinstance(x, torch.Tensor) else x
-    n, sum_norm, sum_sq_norm, d_in = 0, 0.0, 0.0, None
+    n, sum_norm, sum_sq_norm, d_in = 0, 0.0, 0.0, 0
     for chunk in chunks:
         sq_norm = chunk.to(torch.float64).pow(2).sum(dim=-1)  # [rows]
         sum_sq_norm += sq_norm.sum().item()

@@ -25,13 +25,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlparse
 
 import torch
 
-from saelib.validation import check_choice
 from saelib.data.tokenizer import WordTokenizer, pack_tokens, pad_tokens
+from saelib.validation import check_choice
 
 EMBEDDED = "embedded"
 HUB_MODELS = {                      # our name -> transformer_lens name

@@ -18,12 +18,12 @@ Public
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
-from saelib.validation import check_positive
 from saelib.data.corpus import vocabulary, word_tokens
+from saelib.validation import check_positive
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
@@ -38,7 +38,7 @@ class WordTokenizer:
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(4)
 
     @classmethod
-    def for_corpus(cls) -> "WordTokenizer":
+    def for_corpus(cls) -> WordTokenizer:
         """The tokenizer of the embedded corpus: every word its grammar can emit."""
         return cls(vocabulary())
 
@@ -61,7 +61,7 @@ class WordTokenizer:
         return {"type": "word", "specials": SPECIALS, "words": self.id_to_token[len(SPECIALS):]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WordTokenizer":
+    def from_dict(cls, d: dict) -> WordTokenizer:
         if d.get("type") != "word" or d.get("specials") != SPECIALS:
             raise ValueError(f"not a saelib word tokenizer: type={d.get('type')!r}, specials={d.get('specials')!r}")
         return cls(d["words"])

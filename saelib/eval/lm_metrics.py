@@ -19,15 +19,21 @@ L0 and FVU of the SAE on the same activations come for free (saelib.eval.metrics
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
-from saelib.progress import tqdm
 
-from saelib.data.activations import _check_tokens, check_hook_name, default_exclude_token_ids, keep_mask, special_token_ids
-from saelib.validation import check_positive
+from saelib.data.activations import (
+    _check_tokens,
+    check_hook_name,
+    default_exclude_token_ids,
+    keep_mask,
+    special_token_ids,
+)
 from saelib.eval.metrics import MetricsAccumulator
+from saelib.progress import tqdm
+from saelib.validation import check_positive
 
 
 @dataclass
@@ -115,10 +121,11 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
         n_predictions += int(targets.sum())
 
         # clean run; keep the residual entering the hook's block to restart the other two runs there
-        stored = {}
+        stored: dict[str, torch.Tensor] = {}
         fwd_hooks = []
         if layer is not None:
-            fwd_hooks = [(f"blocks.{layer}.hook_resid_pre", lambda act, hook: stored.setdefault("resid", act))]
+            fwd_hooks = [(f"blocks.{layer}.hook_resid_pre",
+                          lambda act, hook, stored=stored: stored.setdefault("resid", act))]
         clean = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
         sums["clean"] += clean[targets].double().sum().item()
 

@@ -16,11 +16,12 @@ float64 sums, batch by batch, so that metrics over millions of tokens never hold
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
+from saelib.models.base import SAE
 from saelib.validation import check_positive, check_range
 
 DENSE_THRESHOLD = 0.1  # a feature active on more than 10% of tokens counts as dense
@@ -166,7 +167,7 @@ class MetricsAccumulator:
         # Chan et al.: merge (n_a, mean_a, M2_a) with this batch's (n_b, mean_b, M2_b)
         batch_mean = x.mean(0)
         batch_m2 = (x - batch_mean).pow(2).sum(0)
-        if self._mean is None:
+        if self._mean is None or self._m2 is None:
             self._mean, self._m2 = batch_mean, batch_m2
         else:
             n_a, delta = self.n_tokens, batch_mean - self._mean
@@ -187,12 +188,12 @@ class MetricsAccumulator:
 
     def compute(self) -> dict:
         """All metrics over every token seen so far (floats, plus the [d_sae] frequency tensor)."""
-        if self.n_tokens == 0:
+        if self.n_tokens == 0 or self._mean is None or self._m2 is None:
             raise ValueError("MetricsAccumulator.compute() called before any update() with tokens")
         s = {k: v.item() for k, v in self._sums.items()}
         n, d_in = self.n_tokens, self._mean.shape[0]
         fvu = s["err_sq"] / self._m2.sum().item()
-        out = {
+        out: dict[str, float | int | torch.Tensor] = {
             "n_tokens": n,
             "mse": s["err_sq"] / (n * d_in),
             "fvu": fvu,
@@ -222,7 +223,7 @@ def _batches(data: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> It
 
 @torch.no_grad()
 def evaluate_sae(
-    sae: torch.nn.Module,
+    sae: SAE,
     data: torch.Tensor | Iterable[torch.Tensor],
     *,
     batch_size: int = 4096,

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from saelib.validation import check_positive
-from saelib.training.batches import as_batch_source
 from saelib.models.kernels import fraction_in_window
+from saelib.training.batches import as_batch_source
+from saelib.validation import check_positive
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -31,7 +31,7 @@ def jumprelu_snapshot(sae, x: torch.Tensor) -> dict:
     theta, eps = sae.threshold, sae.bandwidths                              # [d_sae], [d_sae]
     in_window = fraction_in_window(z, theta, eps, sae.kernel) * z.shape[0]  # [d_sae] counts in x
     q = torch.tensor(QUANTILES, dtype=theta.dtype, device=theta.device)
-    record = {f"theta_q{int(100 * p)}": v for p, v in zip(QUANTILES, torch.quantile(theta, q).tolist())}
+    record = {f"theta_q{int(100 * p)}": v for p, v in zip(QUANTILES, torch.quantile(theta, q).tolist(), strict=True)}
     record.update({
         "log_theta_mean": float(sae.log_threshold.mean()),
         "bandwidth_median": float(eps.median()),

@@ -29,8 +29,8 @@ log_threshold by about lr per step, so theta grows at most e-fold every 1/lr ste
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +161,8 @@ class SyntheticActivations:
 def max_cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[len(a)] for each row of a, its largest cosine similarity with any row of b."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"expected two [n, d] matrices with the same d; got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"expected two [n, d] matrices with the same d; got shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
     a = F.normalize(a.detach().float().cpu(), dim=1)
     b = F.normalize(b.detach().float().cpu(), dim=1)  # zero rows (dead features) score 0
     return (a @ b.T).max(dim=1).values
