@@ -40,3 +40,29 @@ def test_lm_cache_key_follows_the_model_weights():
     # large models are hashed through a strided sample: still deterministic, still weight-sensitive
     assert model_fingerprint(a, max_elements=10) == model_fingerprint(model(0), max_elements=10)
     assert model_fingerprint(a, max_elements=10) != model_fingerprint(model(1), max_elements=10)
+
+
+def test_sweep_trains_every_spec_at_every_seed_spec_major_with_the_protocol(monkeypatch):
+    from saelib.lab import experiments
+    from saelib.lab.experiments import SAESpec, sweep
+    from saelib.lab.protocol import Protocol
+
+    calls = []
+
+    class Fake:
+        def __init__(self, spec, seed):
+            self.spec, self.seed, self.loaded = spec, seed, False
+
+    def fake_run(site, spec, seed=0, **kwargs):
+        calls.append((spec.sparsity_coeff, seed, kwargs.get("protocol")))
+        return Fake(spec, seed)
+
+    monkeypatch.setattr(experiments, "run", fake_run)
+    protocol = Protocol(budget=2.0)
+    specs = [SAESpec("gated", 0.1), SAESpec("gated", 0.2)]
+    out = sweep(None, specs, seeds=(3, 5), protocol=protocol, verbose=False, progress=False)
+    assert [(c, s) for c, s, _ in calls] == [(0.1, 3), (0.1, 5), (0.2, 3), (0.2, 5)]
+    assert all(p is protocol for _, _, p in calls) and [r.seed for r in out] == [3, 5, 3, 5]
+    calls.clear()
+    sweep(None, specs, 7, verbose=False, progress=False)                 # one seed, the old call
+    assert [(c, s) for c, s, _ in calls] == [(0.1, 7), (0.2, 7)]

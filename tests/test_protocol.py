@@ -265,3 +265,19 @@ def test_the_lr_sweep_runs_its_middle_frontier_point_and_shares_the_chosen_run()
     assert a == b                                           # the chosen rate's sweep run is the frontier's run
     c = run_key(site, frontier_spec, train_config(frontier_spec, site.scale, 0, Protocol(lrs={"gated": 1e-2})))
     assert c != a
+
+
+def test_compare_gaps_pairs_two_arms_through_a_common_reference():
+    from saelib.lab.pareto import compare_gaps, make_paired
+
+    ref = [r for s in range(3) for r in frontier(s, 1.0, l0s=(1.0, 10.0, 100.0))]
+    arm_b = [{"point": f"b{i}", "seed": s, "l0": l0, "y": 1.2 / l0} for i, l0 in enumerate((5.0, 20.0))
+             for s in range(3)]
+    arm_c = [{"point": "c", "seed": s, "l0": 50.0, "y": (1.5 + 0.01 * s) / 50.0} for s in range(3)]
+    (gap,) = compare_gaps(paired_at_points(arm_b, ref, "y"), paired_at_points(arm_c, ref, "y"))
+    assert gap.seeds == (0, 1, 2) and gap.log_ratio
+    assert gap.values == pytest.approx((1.2, 1.2, 1.2))                 # arm b's y / reference's y
+    assert gap.differences == pytest.approx([math.log(1.2 / (1.5 + 0.01 * s)) for s in range(3)])
+    assert judge([gap], "lower").holds
+    p = make_paired(3.0, [0, 1], [0.5, 0.6], [1.0, 1.0])
+    assert p.log_ratio and make_paired(3.0, [0, 1], [0.5, -0.1], [1.0, 1.0]).log_ratio is False

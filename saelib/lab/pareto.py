@@ -19,6 +19,7 @@ Several seeds (rows carry "seed", and "point": the same for every seed of one sp
     table = seed_summary(rows, ["l0", "delta_lm_loss"])       # one row per point: mean, <metric>_sd, n_seeds
     paired = paired_at_equal_l0(gated_rows, relu_rows, "delta_lm_loss")    # at log-spaced L0s in the overlap
     paired = paired_at_points(ablation_rows, gated_rows, "delta_lm_loss")  # each point vs the frontier
+    paired = compare_gaps(paired_b, paired_c)   # two arms' gaps to one reference frontier, seed by seed
     result = judge(paired, expect="lower")      # .holds, .observed (mean ± sd per L0), .rule, .n_seeds
     claims.add_result("Gated beats ReLU at equal L0", source=..., paper=..., expected=..., result=result)
 
@@ -264,6 +265,41 @@ def paired_at_points(rows: Sequence[Mapping], reference: Sequence[Mapping], y: s
             l0 = math.exp(statistics.fmean(math.log(v) for v in xs))
             out.append(Paired(l0, tuple(kept), tuple(va), tuple(vb), use_log))
     return sorted(out, key=lambda p: p.l0)
+
+
+def make_paired(l0: float, seeds: Sequence[int], values: Sequence[float], reference: Sequence[float],
+                log_ratio: bool | None = None) -> Paired:
+    """A Paired from per-seed values measured at the same L0 (e.g. an SAE and its rescaled copy, whose gates
+    and so L0 are identical); log_ratio defaults to True when every value is > 0."""
+    values, reference = tuple(float(v) for v in values), tuple(float(v) for v in reference)
+    use_log = _positive(values + reference) if log_ratio is None else log_ratio
+    return Paired(float(l0), tuple(int(s) for s in seeds), values, reference, use_log)
+
+
+def gaps_by_seed(paired: Sequence[Paired]) -> dict[int, float]:
+    """Per seed, the mean paired difference over `paired` (e.g. all points of one arm against a reference
+    frontier): the arm's gap to that frontier."""
+    per_seed: dict[int, list[float]] = {}
+    for p in paired:
+        for s, d in zip(p.seeds, p.differences, strict=True):
+            per_seed.setdefault(s, []).append(d)
+    return {s: statistics.fmean(d) for s, d in sorted(per_seed.items())}
+
+
+def compare_gaps(paired: Sequence[Paired], other: Sequence[Paired]) -> list[Paired]:
+    """Two arms, each compared with the same reference frontier (paired_at_points): one Paired whose per-seed
+    differences are gap - other gap (`gaps_by_seed`). Useful when the two arms' own L0 ranges barely overlap
+    but both lie inside the reference's. With log-ratio gaps, `values` / `reference` hold exp(gap): each arm's
+    y as a multiple of the reference frontier's at the same L0."""
+    ga, gb = gaps_by_seed(paired), gaps_by_seed(other)
+    seeds = [s for s in ga if s in gb]
+    if not seeds:
+        return []
+    log_ratio = all(p.log_ratio for p in (*paired, *other))
+    xs = [p.l0 for p in (*paired, *other)]
+    l0 = math.exp(statistics.fmean(math.log(x) for x in xs))
+    f = math.exp if log_ratio else float
+    return [Paired(l0, tuple(seeds), tuple(f(ga[s]) for s in seeds), tuple(f(gb[s]) for s in seeds), log_ratio)]
 
 
 # ----------------------------------------------------------------------------- verdicts
