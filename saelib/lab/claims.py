@@ -19,11 +19,10 @@ figure (`paper`: a number or stated result with its table/figure reference) and 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from saelib.files import atomic_write_json, atomic_write_text
+from saelib.files import atomic_write_json, atomic_write_text, read_json
 from saelib.lab.paths import figures_dir, output_dir
 
 
@@ -107,7 +106,7 @@ def load_claims(scale: str) -> list[Claim]:
     items = []
     for path in sorted((output_dir(scale) / "claims").glob("*.json")):
         items += [Claim(**{k: v for k, v in c.items() if k in Claim.__dataclass_fields__})
-                  for c in json.loads(path.read_text())]
+                  for c in read_json(path)]               # ValueError naming a damaged file
     return items
 
 
