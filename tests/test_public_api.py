@@ -97,7 +97,7 @@ def test_no_reference_to_a_design_file_outside_the_repository():
     assert not offenders, f"these files cite {team_file}, which is not in the repository: {offenders}"
 
 
-def test_design_document_sections_cited_exist():
+def test_design_document_sections_cited_exist() -> None:
     design = (REPO / "docs" / "design.md").read_text()
     sections = set(re.findall(r"^## (\d+)\. ", design, re.M))
     cited: dict[str, set[str]] = {}
