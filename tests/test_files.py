@@ -143,6 +143,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow                                            # a second process (~10 s)
 def test_sigkill_while_writing_the_cache_entry_then_the_next_run_retrains(tmp_path, counted_training):
     from saelib.lab.experiments import run
 
