@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from saelib.files import atomic_write_text
+
 VOLATILE_CELL_METADATA = ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled")
 VOLATILE_NOTEBOOK_METADATA = ("papermill", "widgets", "toc-autonumbering")
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if after != before:
             dirty.append(path)
             if not args.check:
-                path.write_text(after, encoding="utf-8")
+                atomic_write_text(path, after)            # never half a notebook (saelib.files)
     if args.check and dirty:
         print("would clean: " + ", ".join(map(str, dirty)), file=sys.stderr)
         return 1
