@@ -13,8 +13,16 @@ import torch
 from safetensors.torch import load_file
 
 from saelib import ReLUSAE
-from saelib.training.checkpoint import (CheckpointError, atomic_write_bytes, flatten_state, latest_checkpoint,
-                               list_checkpoints, load_checkpoint, save_checkpoint, unflatten_state)
+from saelib.training.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    flatten_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_state,
+)
 from saelib.training.loop import TrainConfig, train_sae
 
 ROOT = Path(__file__).resolve().parents[1]

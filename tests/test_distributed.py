@@ -16,6 +16,7 @@ from saelib.training.loop import train_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("ddp_worker", ROOT / "tests" / "ddp_worker.py")
+assert spec is not None and spec.loader is not None
 worker = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(worker)
 
@@ -57,7 +58,7 @@ def test_torchrun_two_ranks_match_one_process(case, torchrun_output):
     assert any((ddp[n] - worker.make(case).state_dict()[n]).abs().max() > 1e-3 for n in ddp)   # it trained
     ddp_history = json.loads((torchrun_output / f"{case}.json").read_text())
     assert [h["step"] for h in ddp_history] == [h["step"] for h in history]
-    for a, b in zip(ddp_history, history):                  # logged values are global-batch means
+    for a, b in zip(ddp_history, history, strict=True):                # logged values are global-batch means
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["l0"] == pytest.approx(b["l0"], rel=1e-4)
 
 

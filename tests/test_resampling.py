@@ -4,9 +4,8 @@ import torch
 from torch import nn
 
 from saelib import GatedSAE, JumpReLUSAE, ReLUSAE
-from saelib.training.resampling import (ENCODER_SCALE, DeadFeatureTracker, resample_dead_features,
-                               sample_inputs_by_loss)
 from saelib.training.loop import TrainConfig, train_sae
+from saelib.training.resampling import ENCODER_SCALE, DeadFeatureTracker, resample_dead_features, sample_inputs_by_loss
 
 
 def _adam_with_state(sae):

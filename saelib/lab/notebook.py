@@ -48,12 +48,11 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str) -> str:
+    """"cpu", "cuda" or "auto" as a device name, through saelib's one resolver (training.distributed)."""
+    from saelib.training.distributed import resolve_device as resolve
+
     check_choice("device", device, DEVICES)
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA device is available; allowed here: 'cpu', 'auto'")
-    return device
+    return str(resolve(device))
 
 
 def check_parameters(*, scale: str, seed: int, device: str = "cpu", model: str = "embedded",

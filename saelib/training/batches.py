@@ -17,7 +17,8 @@ rows). `as_batch_source` turns what a user passes to `train_sae` into a source:
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -55,7 +56,8 @@ class TensorBatches:
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = data.shape[0] // batch_size
         self.epoch, self.index = 0, 0            # next batch: slice `index` of epoch `epoch`
-        self._perm_epoch, self._perm = None, None
+        self._perm_epoch: int | None = None
+        self._perm = torch.empty(0, dtype=torch.long)
 
     def _permutation(self) -> torch.Tensor:  # [n_rows] on the data's device
         if self._perm_epoch != self.epoch:

@@ -20,6 +20,8 @@ import json
 import os
 import random
 import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ from safetensors.torch import save as st_save
 
 from saelib.files import atomic_write_bytes  # the one atomic writer (saelib/files.py); still importable from here
 from saelib.files import fsync_dir as _fsync_dir
+from saelib.training import distributed as D
+from saelib.training.batches import IteratorBatches
+from saelib.training.config import RESUMABLE_CHANGES, TrainConfig
 
 FORMAT = "saelib-checkpoint/1"
 _MANIFEST = re.compile(r"^step_(\d{9})\.json$")
@@ -87,8 +92,8 @@ def capture_rng_state(tensors: dict[str, torch.Tensor]) -> dict:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
         n_cuda = torch.cuda.device_count()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    tensors["rng.numpy_keys"] = torch.from_numpy(keys.astype(np.int64))
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    tensors["rng.numpy_keys"] = torch.from_numpy(np.asarray(keys).astype(np.int64))
     version, py_state, py_gauss = random.getstate()
     return {"n_cuda": n_cuda, "numpy": [kind, int(pos), int(has_gauss), float(gauss)],
             "python": [version, list(py_state), py_gauss]}
@@ -225,3 +230,74 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"checkpoint tensor file {tensor_path} is not a valid safetensors file: {e}") \
             from None
     return tensors, manifest
+
+
+# ----------------------------------------------------------------------------- a training run
+
+@dataclass
+class RunState:
+    """What the loop carries from step to step besides model, optimiser and data (all checkpointed)."""
+    step: int = 0                              # optimiser steps taken
+    last_resample_step: int | None = None      # for the LR warm-up after a resample
+    n_resampled: int = 0                       # since the last history row
+    history: list = field(default_factory=list)
+
+
+def save_run(sae, optimizer, names: list[str], source, tracker, state: RunState, cfg: TrainConfig,
+             info: D.DistInfo) -> None:
+    """Checkpoint a run at state.step: model, optimiser moments, RNG states, data positions (every rank
+    takes part; rank 0 writes)."""
+    data_states = D.all_gather_objects(source.state_dict())
+    if not info.is_main:
+        return
+    tensors = {f"model.{k}": v for k, v in sae.state_dict().items()}
+    if tracker is not None:
+        tensors["train.max_act"] = tracker.max_act
+    meta = {"step": state.step, "total_steps": cfg.n_steps, "config": cfg.to_dict(),
+            "sae": {"class": type(sae).__name__, "architecture": getattr(sae, "architecture", None),
+                    "config": sae.config() if hasattr(sae, "config") else None},
+            "last_resample_step": state.last_resample_step, "n_resampled": state.n_resampled,
+            "history": state.history, "world_size": info.world_size,
+            "optim": capture_optimizer_state(optimizer, names, tensors),
+            "rng": capture_rng_state(tensors),
+            "data": flatten_state(data_states, "data", tensors)}
+    assert cfg.checkpoint_dir is not None
+    save_checkpoint(cfg.checkpoint_dir, state.step, tensors, meta, keep=cfg.keep_checkpoints)
+
+
+def restore_run(path, sae, optimizer, names: list[str], source, tracker, cfg: TrainConfig,
+                info: D.DistInfo) -> RunState:
+    """Put model, optimiser, RNGs, dead-feature tracker and data source back where checkpoint `path` left
+    them; refuse a config that differs in a field that changes the result."""
+    tensors, manifest = load_checkpoint(path)
+    meta = manifest["meta"]
+    saved, mine = meta["config"], cfg.to_dict()
+    changed = [f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in mine
+               if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k]]
+    if changed:
+        raise ValueError(f"cannot resume from {path}: the config differs in fields that change the result "
+                         f"({'; '.join(changed)}); allowed changes: {', '.join(sorted(RESUMABLE_CHANGES))}")
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        sae.load_state_dict(model_state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this {type(sae).__name__} "
+                              f"(it holds a {meta['sae']['class']} with {meta['sae']['config']}): {e}") from None
+    load_optimizer_state(optimizer, names, meta["optim"], tensors)
+    restore_rng_state(meta["rng"], tensors)
+    if tracker is not None:
+        tracker.max_act.copy_(tensors["train.max_act"])
+    data_states = unflatten_state(meta["data"], tensors)
+    if isinstance(source, IteratorBatches):
+        warnings.warn("resuming with a plain iterator of batches: its position cannot be restored, so the "
+                      "resumed run continues from wherever the iterator is now (pass a Tensor or an object "
+                      "with next_batch()/state_dict()/load_state_dict() for an exact resume)", stacklevel=3)
+    elif len(data_states) == info.world_size:
+        source.load_state_dict(data_states[info.rank])
+    elif all(s == data_states[0] for s in data_states):
+        source.load_state_dict(data_states[0])
+    else:
+        raise ValueError(f"cannot resume from {path}: it was written by {len(data_states)} ranks with "
+                         f"different data positions, this run has world_size={info.world_size}")
+    return RunState(step=manifest["step"], last_resample_step=meta["last_resample_step"],
+                    n_resampled=meta["n_resampled"], history=meta["history"])

@@ -76,6 +76,23 @@ def destroy_distributed() -> None:
         time.sleep(0.2)
 
 
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The one device resolver of saelib (train_sae and the notebooks' parameters both use it).
+
+    "auto" -> "cuda" when CUDA is available, else "cpu"; "cuda" -> "cuda:<local_rank>" when a local rank
+    is given (under torchrun each rank takes its own GPU); "cuda:N" and "cpu" as they are. Asking for
+    CUDA where there is none is an error naming the allowed values.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available; allowed here: 'auto' or 'cpu'")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (per-variant hooks live there)."""
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

@@ -19,7 +19,9 @@ trick: key = log(l^2) + Gumbel noise, keep the k largest keys seen so far. Only 
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +51,31 @@ class DeadFeatureTracker:
         return D.all_reduce(self.max_act.clone(), op="max") <= 0
 
 
-def encoder_names(sae: nn.Module) -> tuple[str, str]:
+def tracking(t: int, every: int, window: int) -> tuple[bool, bool]:
+    """(track, reset) for the update numbered t (0-based): the tracker watches the last `window` updates
+    before each resample (every `every` updates) and is reset when that window opens."""
+    phase = t % every
+    return phase >= every - window, phase == every - window
+
+
+def resample_now(sae: Any, optimizer: torch.optim.Optimizer, next_batch: Callable[[], torch.Tensor],
+                 tracker: DeadFeatureTracker, *, seed: int, step: int, rank: int, pool: int, batch_size: int,
+                 device: torch.device) -> int:
+    """One resample after update `step`: the dead features get directions drawn from about `pool` inputs
+    (ceil(pool / batch_size) batches of this rank's source). Returns how many were resampled.
+
+    The one host sync here is the count of dead features. The generator is seeded from (seed, step, rank),
+    so a resumed run resamples exactly as an uninterrupted one."""
+    dead = tracker.dead_mask()                                      # [d_sae] bool, same on all ranks
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return 0
+    g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step * 101 + rank)
+    inputs = sample_inputs_by_loss(sae, next_batch, math.ceil(pool / batch_size), n_dead, g)
+    return resample_dead_features(sae, optimizer, dead, inputs)
+
+
+def encoder_names(sae: Any) -> tuple[str, str]:
     """(encoder weight, encoder bias) names of the features a resample rewrites."""
     for w, b in (("W_enc", "b_enc"), ("W_gate", "b_gate")):
         if hasattr(sae, w) and hasattr(sae, b):
@@ -59,14 +85,15 @@ def encoder_names(sae: nn.Module) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def sample_inputs_by_loss(sae: nn.Module, next_batch: Callable[[], torch.Tensor], n_batches: int,
+def sample_inputs_by_loss(sae: Any, next_batch: Callable[[], torch.Tensor], n_batches: int,
                           k: int, generator: torch.Generator) -> torch.Tensor:
     """k inputs [k, d_in] drawn without replacement, P(x) proportional to ||x - sae(x)||^4.
 
     Each rank scores `n_batches` of its own batches; the candidates are gathered so that every rank
     returns the same k inputs (rows repeat only when the pool holds fewer than k inputs).
     """
-    keys, xs = None, None
+    keys: torch.Tensor | None = None
+    xs: torch.Tensor | None = None
     for _ in range(n_batches):
         x = next_batch()
         x = x.to(sae.W_dec.device, sae.W_dec.dtype)                           # [batch, d_in]
@@ -78,6 +105,7 @@ def sample_inputs_by_loss(sae: nn.Module, next_batch: Callable[[], torch.Tensor]
         if keys.numel() > k:
             top = keys.topk(k).indices
             keys, xs = keys[top], xs[top]
+    assert keys is not None and xs is not None, "n_batches must be >= 1"
     keys, xs = D.all_gather_cat(keys), D.all_gather_cat(xs)
     top = keys.topk(min(k, keys.numel())).indices
     chosen = xs[top]                                                          # [<=k, d_in]
@@ -85,7 +113,7 @@ def sample_inputs_by_loss(sae: nn.Module, next_batch: Callable[[], torch.Tensor]
 
 
 @torch.no_grad()
-def resample_dead_features(sae: nn.Module, optimizer: torch.optim.Optimizer, dead: torch.Tensor,
+def resample_dead_features(sae: Any, optimizer: torch.optim.Optimizer, dead: torch.Tensor,
                            inputs: torch.Tensor, encoder_scale: float = ENCODER_SCALE) -> int:
     """Give each dead feature (dead: [d_sae] bool) a direction from `inputs` [n_dead, d_in]. Returns n_dead."""
     idx = dead.nonzero().squeeze(1)                                           # [n_dead]
