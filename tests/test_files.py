@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -237,3 +238,33 @@ def test_an_interrupted_or_damaged_activation_cache_is_not_complete(tmp_path):
     assert not activation_cache_complete(path)
     with pytest.raises(ValueError, match="shape"):
         ActivationCache(path, batch_size=10)
+
+
+# ----------------------------------------------------------------------------- one writer
+
+_DIRECT_WRITE = re.compile(r"\.write_text\(|\.write_bytes\(|\bopen\([^)]*[\"'][wax]b?\+?[\"']|json\.dump\(|np\.save\(|"
+                           r"torch\.save\(|\.savefig\(|save_file\(|open_memmap\(")
+
+
+def _direct_writes(source: str) -> list[int]:
+    """Line numbers that write a file directly. Writers of the temporary file that atomic_write hands
+    out (`tmp`, by convention) and lines that call atomic_write are fine."""
+    found = []
+    for number, line in enumerate(source.splitlines(), 1):
+        code = line.split("#", 1)[0]
+        if _DIRECT_WRITE.search(code) and "atomic_write" not in code and not re.search(r"\btmp\b", code):
+            found.append(number)
+    return found
+
+
+def test_the_direct_write_detector():
+    assert _direct_writes("path.write_text(text)\nfig.savefig(out / 'a.png')\nopen(p, 'wb')\n") == [1, 2, 3]
+    assert _direct_writes("atomic_write(p, lambda tmp: fig.savefig(tmp))\nopen(p, 'rb')\nx = 1  # .write_text(\n") == []
+
+
+def test_the_library_writes_files_only_through_saelib_files():
+    """Every file saelib writes goes through saelib.files.atomic_write: a direct write leaves half a file
+    behind when the process dies mid-write."""
+    offenders = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "saelib").rglob("*.py"))
+                 if path.name != "files.py" for n in _direct_writes(path.read_text(encoding="utf-8"))]
+    assert not offenders, f"write through saelib.files.atomic_write instead: {offenders}"
