@@ -190,8 +190,7 @@ def test_equivalence_margin_comes_from_the_measured_seed_spread():
 def test_result_text_reports_mean_and_sd_per_side():
     p = Paired(12.0, (0, 1, 2), (0.010, 0.011, 0.012), (0.020, 0.021, 0.022), True)
     text = p.text()
-    assert text.startswith("L0 12.0: 0.011 ± 0.001 vs 0.021 ± 0.001")
-    assert "(3 seeds)" in text and "-48%" in text
+    assert text.startswith("L0 12.0: 0.011 ± 0.001 vs 0.021 ± 0.001 (-48%; log-ratio -0.65 ± 0.04, n=3)"), text
     r = judge([p], "lower", what="delta LM loss")
     assert r.holds and r.n_seeds == 3 and r.observed.startswith("delta LM loss: L0 12.0")
 

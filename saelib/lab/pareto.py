@@ -171,23 +171,19 @@ class Paired:
         sds = [mean_sd(f(v) for v in side)[1] for side in (self.values, self.reference)]
         return math.sqrt(sum(s * s for s in sds) / 2)
 
-    def text(self, digits: int = 4) -> str:
-        """ "L0 12.3: 0.0123 ± 0.0010 vs 0.0200 ± 0.0020, -38% ± 5% (3 seeds)" """
+    def text(self, digits: int = 3) -> str:
+        """ "L0 12.3: 0.0123 ± 0.0010 vs 0.0200 ± 0.0020 (-38%; log-ratio -0.49 ± 0.05)"; the number of seeds is
+        added when it is below `seeds` (a seed dropped at this L0)."""
         (a, sa), (b, sb) = mean_sd(self.values), mean_sd(self.reference)
         if self.log_ratio:
-            diff = f"{math.expm1(self.mean):+.0%} ± {_pct(self.sd)} (log-ratio {self.mean:+.3f} ± {self.sd:.3f})"
+            diff = f"{math.expm1(self.mean):+.0%}; log-ratio {self.mean:+.2f} ± {self.sd:.2f}"
         else:
-            diff = f"diff {self.mean:+.{digits}f} ± {self.sd:.{digits}f}"
-        return (f"L0 {self.l0:.1f}: {_g(a, digits)} ± {_g(sa, digits)} vs {_g(b, digits)} ± {_g(sb, digits)}, "
-                f"{diff} ({self.n} seeds)")
+            diff = f"difference {self.mean:+.{digits}g} ± {self.sd:.{digits}g}"
+        return f"L0 {self.l0:.1f}: {_g(a, digits)} ± {_g(sa, 2)} vs {_g(b, digits)} ± {_g(sb, 2)} ({diff}, n={self.n})"
 
 
 def _g(v: float, digits: int) -> str:
     return "nan" if math.isnan(v) else f"{v:.{digits}g}"
-
-
-def _pct(log_sd: float) -> str:
-    return "nan" if math.isnan(log_sd) else f"{log_sd:.0%}"
 
 
 def _positive(values: Iterable[float]) -> bool:
