@@ -14,7 +14,6 @@ import torch
 from saelib.fast.sparse import SparseCodes, Support, select_pre_activations, sparse_decode, support_above
 from saelib.models.base import LossOutput, check_sparsity_coeff
 from saelib.models.gated import GatedSAE
-from saelib.models.ste import keep_where_positive
 
 
 def gated_has_fast_step(sae: GatedSAE) -> bool:
@@ -99,21 +98,23 @@ class GatedActivations(torch.autograd.Function):
         pi_gate = xW + c_gate                                           # eq. 5           [batch, d_sae]
         pi_mag = torch.addcmul(c_mag, xW, s)                            # eqs. 6, 8       [batch, d_sae]
         gate_relu = pi_gate.relu_()                                     # ReLU(pi_gate), in place
-        f = keep_where_positive(pi_mag.relu_(), gate_relu)              # eq. 7: 1[pi_gate > 0] * ReLU(pi_mag)
-        ctx.save_for_backward(xW, s, f, gate_relu)
+        # 1[x > 0] for x >= 0 is sign(x): a 0./1. float mask (multiplying by it is vectorised)
+        gate_open = gate_relu.sign()                                    # 1[pi_gate > 0]  [batch, d_sae]
+        f = pi_mag.relu_().mul_(gate_open)                              # eq. 7: 1[pi_gate > 0] * ReLU(pi_mag)
+        ctx.save_for_backward(xW, s, f, gate_open)
         return f, gate_relu
 
     @staticmethod
     def backward(ctx: Any, grad_f: torch.Tensor | None, grad_gate_relu: torch.Tensor | None) -> tuple:
-        xW, s, f, gate_relu = ctx.saved_tensors
+        xW, s, f, gate_open = ctx.saved_tensors
         if grad_gate_relu is None:
             grad_xW = torch.zeros_like(xW)
         else:
-            grad_xW = keep_where_positive(grad_gate_relu, gate_relu)    # d / d pi_gate  [batch, d_sae]
+            grad_xW = grad_gate_relu * gate_open                        # d / d pi_gate  [batch, d_sae]
         grad_c_gate = grad_xW.sum(0)
         grad_s = grad_c_mag = None
         if grad_f is not None:
-            grad_pi_mag = keep_where_positive(grad_f, f)                # d / d pi_mag   [batch, d_sae]
+            grad_pi_mag = grad_f * f.sign()                             # d / d pi_mag   [batch, d_sae]
             grad_c_mag = grad_pi_mag.sum(0)
             grad_xW.addcmul_(grad_pi_mag, s)                            # + d / d pi_mag * s
             if ctx.needs_input_grad[2]:

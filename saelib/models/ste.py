@@ -26,24 +26,19 @@ import torch
 from saelib.models.kernels import KERNEL_SUPPORT, get_kernel
 
 
-def keep_where_positive(values: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """values * H(u) elementwise (H the Heaviside step, H(0) = 0): values where u > 0, else +0.
-    Differentiable in `values`."""
-    return torch.where(u > 0, values.to(u.dtype), 0)
-
-
 class JumpReLUWithL0(torch.autograd.Function):
     """(z, theta, eps) -> (f = JumpReLU_theta(z) [batch, d_sae], mean L0 per token (scalar))."""
 
     @staticmethod
     def forward(ctx, z, theta, eps, kernel_name: str, inplace: bool, batch: int | None):
         u = z - theta                                        # [batch, d_sae]; H(z - theta) = H(u), exactly
-        fires = u > 0                                        # H(z - theta)  [batch, d_sae] bool
+        fires = torch.gt(u, 0, out=torch.empty_like(u))      # H(z - theta) as 0./1. (a float mask:
+                                                             #  multiplying by it is vectorised)
         if inplace:                                          # eq. 4: z * H(z - theta), written over z
             ctx.mark_dirty(z)
-            f = torch.where(fires, z, z.new_zeros(()), out=z)
+            f = z.mul_(fires)
         else:
-            f = torch.where(fires, z, 0)                     # eq. 4: z * H(z - theta)
+            f = z * fires                                    # eq. 4: z * H(z - theta)
         ctx.batch = z.shape[0] if batch is None else batch
         l0 = torch.count_nonzero(fires).to(f.dtype) / ctx.batch   # eq. 6, mean over the batch
         ctx.save_for_backward(u, theta, eps)                 # z itself is not needed again
@@ -55,7 +50,7 @@ class JumpReLUWithL0(torch.autograd.Function):
         u, theta, eps = ctx.saved_tensors
         grad_z = grad_theta = None
         if grad_f is not None and ctx.needs_input_grad[0]:
-            grad_z = keep_where_positive(grad_f, u)         # d/dz JumpReLU := H(z - theta)
+            grad_z = grad_f * torch.gt(u, 0, out=torch.empty_like(grad_f))   # d/dz JumpReLU := H(z - theta)
         if ctx.needs_input_grad[1]:
             batch, d_sae = ctx.batch, u.shape[1]
             theta, eps = theta.expand(d_sae), eps.expand(d_sae)                  # [d_sae]
