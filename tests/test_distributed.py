@@ -86,4 +86,6 @@ def test_activation_buffer_shards_rows_and_shares_one_scale(torchrun_output):
 def test_the_sparse_case_takes_the_sparse_step():
     sae = worker.make("jumprelu_sparse")
     x = worker.data()[:32]                                  # one rank's share of a global batch of 64
-    assert callable(sae.loss(x, 3e-3)._f)
+    from saelib.fast import training_loss  # the step train_sae chooses (sae.loss is dense)
+
+    assert callable(training_loss(sae, torch.device("cpu"))(x, 3e-3)._f)
