@@ -3,9 +3,16 @@ cached runner, so that a sweep of many SAEs reads its activations once and a fig
 notebooks share is trained once.
 
     site = LMSite("embedded", "blocks.2.hook_resid_post", get_scale("default"))   # caches activations
+    protocol, tuning = notebook_protocol(site, {})    # saelib.lab.protocol: how every SAE trains, LRs swept
     spec = SAESpec("jumprelu", sparsity_coeff=1e-2, options={"kernel": "triangular"})
-    result = run(site, spec)          # trains, or loads outputs/<scale>/runs/<key>/ when already trained
-    rows = sweep(site, specs)         # one dict of metrics per spec: l0, fvu, delta_lm_loss, gamma, ...
+    result = run(site, spec, seed=0, protocol=protocol)   # trains, or loads outputs/<scale>/runs/<key>/
+    runs = sweep(site, specs, seeds=(0, 1, 2), protocol=protocol)   # every spec at every seed (spec-major)
+    rows = [r.row() for r in runs]    # dicts: label, sparsity_coeff, seed, point, l0, fvu, delta_lm_loss, ...
+    frontier_specs("gated", n)        # the shared frontier grid; middle_points(specs, 2) for ablation arms
+
+The cache key is the site, the spec (label and `train` left out), the constructor options the run uses, the
+exact TrainConfig and a fingerprint of the library code: identical training is done once, whichever notebook
+asks first.
 
 A `SyntheticSite` serves activations with known features instead (and adds `feature_recovery`).
 Nothing here is specific to one notebook; notebooks hold only the narrative and the calls.
