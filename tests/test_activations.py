@@ -101,10 +101,10 @@ def held_bytes(buffer) -> int:
 @pytest.mark.parametrize("storage_dtype", ["float32", "bfloat16"])
 def test_buffer_memory_stays_within_its_byte_bound(model, tokens, storage_dtype, monkeypatch):
     """Measured: the tensors the buffer holds after every batch, and the hook outputs read during refills."""
-    import saelib.data.activations as A
+    import saelib.data.hooks as H       # where the buffer's kept_activations reads the hook
 
-    hook_outputs, original = [], A.read_hook
-    monkeypatch.setattr(A, "read_hook", lambda *a: hook_outputs.append(original(*a)) or hook_outputs[-1])
+    hook_outputs, original = [], H.read_hook
+    monkeypatch.setattr(H, "read_hook", lambda *a: hook_outputs.append(original(*a)) or hook_outputs[-1])
     bound = 60_000
     buffer = make_buffer(model, tokens, buffer_bytes=bound, storage_dtype=storage_dtype)
     assert buffer.max_bytes <= bound

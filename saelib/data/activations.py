@@ -11,10 +11,10 @@ Two sources serve the same protocol used by `saelib.training.loop`: `next_batch(
                     refilled with fresh activations and the whole buffer is re-permuted (one
                     torch.randperm per refill), so batches mix activations from many sequences.
   ActivationCache   reads activations that `cache_activations` wrote once to disk (a numpy memmap),
-                    so a sweep of many SAEs runs the model once.
+                    so a sweep of many SAEs runs the model once (saelib/data/cache.py).
 
 Both scale what they serve by one scalar s estimated from the first activations they see (see
-saelib/normalization.py). Hook names are transformer_lens names, e.g. `blocks.1.hook_resid_post`,
+saelib/data/normalization.py). Reading one hook lives in saelib/data/hooks.py. Hook names are transformer_lens names, e.g. `blocks.1.hook_resid_post`,
 `blocks.1.hook_mlp_out`, `blocks.0.mlp.hook_post` (MLP neurons), `blocks.0.attn.hook_z` (attention
 outputs before W_O, [.., n_heads, d_head], flattened here to n_heads * d_head).
 """
@@ -24,101 +24,31 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 
+from saelib.data.cache import ActivationCache, activation_cache_complete, cache_activations
+from saelib.data.hooks import (
+    STORAGE_DTYPES,
+    _check_tokens,
+    check_hook_name,
+    default_exclude_token_ids,
+    hook_d_in,
+    keep_mask,
+    kept_activations,
+    read_hook,
+    special_token_ids,
+)
 from saelib.data.normalization import NORMALIZATIONS, estimate_scale
-from saelib.files import atomic_write, atomic_write_json, read_json
 from saelib.progress import tqdm
 from saelib.training import distributed as D
 from saelib.validation import check_choice, check_index, check_positive, check_range
 
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-# ----------------------------------------------------------------------------- reading one hook
-
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the hook needs computing."""
-
-
-def check_hook_name(model, hook_name: str) -> None:
-    if hook_name not in model.hook_dict:
-        examples = [h for h in model.hook_dict if h.startswith("blocks.0.") and
-                    h.endswith(("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "mlp.hook_post", "attn.hook_z"))]
-        raise ValueError(f"hook_name={hook_name!r} is not a hook of this model; allowed values include "
-                         f"{', '.join(map(repr, examples))} (and the same for other blocks); see model.hook_dict")
-
-
-def special_token_ids(model) -> tuple[int, int]:
-    """(bos_id, pad_id) of the model's tokenizer (saelib.data.registry.get_tokenizer: embedded or hub model)."""
-    from saelib.data.registry import get_tokenizer
-
-    try:
-        tokenizer = get_tokenizer(model)
-    except ValueError as e:
-        raise ValueError(f"{e}; pass exclude_token_ids (the BOS and padding ids) explicitly") from None
-    return tokenizer.bos_id, tokenizer.pad_id
-
-
-def default_exclude_token_ids(model) -> tuple[int, ...]:
-    """Token ids whose positions carry no SAE training signal: BOS and padding."""
-    return tuple(sorted(set(special_token_ids(model))))
-
-
-def keep_mask(tokens: torch.Tensor, exclude_token_ids: Sequence[int]) -> torch.Tensor:
-    """[batch, seq] bool: True at positions whose token is not BOS / padding."""
-    keep = torch.ones_like(tokens, dtype=torch.bool)
-    for token_id in exclude_token_ids:
-        keep &= tokens != token_id
-    return keep
-
-
-def hook_d_in(model, hook_name: str) -> int:
-    """Width of the (flattened) activation at `hook_name`, from one forward pass on a single token."""
-    check_hook_name(model, hook_name)
-    probe = torch.zeros((1, 1), dtype=torch.long, device=model.cfg.device)
-    return read_hook(model, probe, hook_name).shape[-1]
-
-
-@torch.no_grad()
-def read_hook(model, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
-    """Activations at `hook_name` for tokens [batch, seq] -> [batch, seq, d_in] (heads flattened).
-
-    The forward pass stops at the hook: a plain PyTorch forward hook on the HookPoint stores its output
-    and raises, so no later layer runs (and only this one hook is added and removed).
-    """
-    stored = []
-
-    def capture(module, inputs, output):
-        stored.append(output)
-        raise _StopForward
-
-    handle = model.hook_dict[hook_name].register_forward_hook(capture)
-    try:
-        model(tokens.to(model.cfg.device), return_type=None)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not stored:
-        raise ValueError(f"hook_name={hook_name!r} never fired during the forward pass")
-    return stored[0].flatten(start_dim=2)  # hook_z: [batch, seq, n_heads, d_head] -> [batch, seq, n_heads*d_head]
-
-
-def kept_activations(model, tokens: torch.Tensor, hook_name: str, exclude_token_ids: Sequence[int]) -> torch.Tensor:
-    """Activations at `hook_name` for tokens [batch, seq], BOS / padding positions dropped -> [n_kept, d_in]."""
-    acts = read_hook(model, tokens, hook_name)                                   # [batch, seq, d_in]
-    return acts[keep_mask(tokens, exclude_token_ids).to(acts.device)]            # [n_kept, d_in]
-
-
-def _check_tokens(tokens: torch.Tensor) -> None:
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32):
-        raise ValueError("tokens must be an integer tensor of shape [n_sequences, seq_len]")
-    if tokens.shape[0] == 0:
-        raise ValueError("tokens holds no sequences")
+# reading one hook lives in saelib/data/hooks.py, the on-disk cache in saelib/data/cache.py; both are
+# re-exported here, so `from saelib.data.activations import ...` keeps working for every name
+__all__ = ["STORAGE_DTYPES", "BufferConfig", "ActivationBuffer", "ActivationCache", "activation_cache_complete",
+           "cache_activations", "check_hook_name", "default_exclude_token_ids", "hook_d_in", "keep_mask",
+           "kept_activations", "read_hook", "special_token_ids", "_check_tokens"]
 
 
 # ----------------------------------------------------------------------------- the shuffled buffer
@@ -322,161 +252,4 @@ class ActivationBuffer:
         self.pending = state["pending"].to(self.device, self.dtype).clone()
         self.served, self.next_seq, self.epoch = (int(state[k]) for k in ("served", "next_seq", "epoch"))
         self.scale = None if math.isnan(float(state["scale"])) else float(state["scale"])
-        self.generator.set_state(state["generator"])
-
-
-# ----------------------------------------------------------------------------- the on-disk cache
-
-def cache_activations(model, hook_name: str, tokens: torch.Tensor, n_tokens: int, path: str | Path, *,
-                      dtype: str = "float32", model_batch_size: int = 32,
-                      exclude_token_ids: Sequence[int] | None = None, progress: bool = True) -> Path:
-    """Run the model once and write the first `n_tokens` kept activations of `hook_name` to
-    `path/activations.npy` (a numpy array, memory-mappable; bfloat16 is stored as its uint16 bit
-    pattern) with `path/meta.json`. Returns `path`. meta.json is written last: a directory without
-    it is an interrupted write and `ActivationCache` refuses it."""
-    _check_tokens(tokens)
-    check_hook_name(model, hook_name)
-    check_positive("n_tokens", n_tokens, integer=True)
-    check_positive("model_batch_size", model_batch_size, integer=True)
-    check_choice("dtype", dtype, STORAGE_DTYPES)
-    if exclude_token_ids is None:
-        exclude_token_ids = default_exclude_token_ids(model)
-    available = int(keep_mask(tokens, exclude_token_ids).sum())
-    if available < n_tokens:
-        raise ValueError(f"n_tokens={n_tokens} is out of range; allowed: <= {available} "
-                         f"(the non-BOS, non-padding positions in tokens)")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "meta.json").unlink(missing_ok=True)
-    d_in = hook_d_in(model, hook_name)
-    torch_dtype = STORAGE_DTYPES[dtype]
-    np_dtype = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
-
-    def write_array(tmp: Path) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(n_tokens, d_in))
-        written = 0
-        with tqdm(total=n_tokens, desc=f"caching {hook_name}", unit="act", disable=not progress) as bar:
-            for start in range(0, tokens.shape[0], model_batch_size):
-                acts = kept_activations(model, tokens[start:start + model_batch_size], hook_name, exclude_token_ids)
-                acts = acts[: n_tokens - written].to("cpu", torch_dtype)                 # [n, d_in]
-                bits = acts.view(torch.uint16) if dtype == "bfloat16" else acts
-                out[written:written + len(acts)] = bits.numpy()
-                written += len(acts)
-                bar.update(len(acts))
-                if written == n_tokens:
-                    break
-        out.flush()
-        del out
-
-    atomic_write(path / "activations.npy", write_array)
-    meta = {"hook_name": hook_name, "n_tokens": n_tokens, "d_in": d_in, "dtype": dtype,
-            "model": getattr(model.cfg, "model_name", None), "exclude_token_ids": list(exclude_token_ids)}
-    atomic_write_json(path / "meta.json", meta, indent=2)
-    return path
-
-
-def activation_cache_complete(path: str | Path) -> bool:
-    """True when `path` holds a complete, readable cache written by `cache_activations`: meta.json parses
-    and activations.npy has the shape and dtype it records. False otherwise (missing, interrupted or
-    damaged: write it again)."""
-    try:
-        _read_cache(Path(path))
-    except ValueError:
-        return False
-    return True
-
-
-def _read_cache(path: Path) -> tuple[dict, np.ndarray]:
-    """(meta, memmapped array) of a cache folder; ValueError naming the file when anything is off."""
-    if not (path / "meta.json").exists():
-        raise ValueError(f"path={str(path)!r} holds no complete activation cache (no meta.json); "
-                         "write one with cache_activations(...)")
-    meta = read_json(path / "meta.json")
-    try:
-        n_tokens, d_in, dtype = int(meta["n_tokens"]), int(meta["d_in"]), meta["dtype"]
-        check_choice("dtype", dtype, STORAGE_DTYPES)
-        array = np.load(path / "activations.npy", mmap_mode="r")             # [n_tokens, d_in]
-    except (KeyError, TypeError, ValueError, OSError) as e:
-        raise ValueError(f"{path}: damaged activation cache ({e}); write it again with cache_activations(...)") \
-            from e
-    expected = np.dtype(np.uint16 if dtype == "bfloat16" else dtype)
-    if array.shape != (n_tokens, d_in) or array.dtype != expected:
-        raise ValueError(f"{path / 'activations.npy'}: shape {array.shape} {array.dtype}, but meta.json records "
-                         f"({n_tokens}, {d_in}) {expected}; write the cache again with cache_activations(...)")
-    return meta, array
-
-
-class ActivationCache:
-    """Activations written by `cache_activations`, served as shuffled float32 batches scaled by `scale`.
-
-    Each epoch visits every cached activation once in a fresh random order (seeded). Within a batch
-    the rows are read in sorted order, which is much faster on a memmap and irrelevant to training.
-    The scale is estimated from the first `n_scale` activations unless given.
-    """
-
-    def __init__(self, path: str | Path, batch_size: int = 4096, *, normalization: str = "unit_mean_squared_norm",
-                 scale: float | None = None, n_scale: int = 2 ** 16, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        path = Path(path)
-        self.meta, self.array = _read_cache(path)                                # array: [n_tokens, d_in]
-        check_positive("batch_size", batch_size, integer=True)
-        check_choice("normalization", normalization, NORMALIZATIONS)
-        check_positive("n_scale", n_scale, integer=True)
-        check_positive("world_size", world_size, integer=True)
-        check_index("rank", rank, world_size)
-        if batch_size % world_size:
-            raise ValueError(f"batch_size={batch_size} must be a multiple of world_size={world_size}")
-        self.rank, self.world_size = rank, world_size
-        self.path, self.batch_size = path, batch_size
-        self.hook_name, self.d_in, self.dtype = self.meta["hook_name"], self.meta["d_in"], self.meta["dtype"]
-        if batch_size > len(self):
-            raise ValueError(f"batch_size={batch_size} is out of range; allowed: <= {len(self)} (cached activations)")
-        if scale is None:
-            scale = estimate_scale(self.tensor(0, min(n_scale, len(self)), scaled=False), normalization)
-        else:
-            check_positive("scale", scale)
-        self.scale = float(scale)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(self), generator=self.generator)
-        self.served, self.epoch = 0, 0
-
-    def __len__(self) -> int:
-        return self.array.shape[0]
-
-    def _to_tensor(self, rows: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.require(rows, requirements=["C", "W"]))       # copies memmap slices only
-        return (t.view(torch.bfloat16) if self.dtype == "bfloat16" else t).to(torch.float32)
-
-    def tensor(self, start: int = 0, stop: int | None = None, scaled: bool = True) -> torch.Tensor:
-        """Rows [start, stop) as float32 [n, d_in], scaled by `scale` unless scaled=False."""
-        t = self._to_tensor(self.array[start:stop])
-        return t * self.scale if scaled else t
-
-    def next_batch(self) -> torch.Tensor:
-        """[batch_size / world_size, d_in] float32, scaled: this rank's share of the global batch.
-
-        Every rank draws the same global permutation (same seed) and keeps rows rank, rank + world_size, ...
-        of each global batch, so under torchrun the ranks' batches together are the single-process batch.
-        """
-        if self.served + self.batch_size > len(self):               # new epoch, new order
-            self.perm = torch.randperm(len(self), generator=self.generator)
-            self.served, self.epoch = 0, self.epoch + 1
-        idx = self.perm[self.served:self.served + self.batch_size][self.rank::self.world_size].sort().values.numpy()
-        self.served += self.batch_size
-        return self._to_tensor(self.array[idx]) * self.scale
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        while True:
-            yield self.next_batch()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"perm": self.perm.clone(), "served": torch.tensor(self.served), "epoch": torch.tensor(self.epoch),
-                "scale": torch.tensor(self.scale, dtype=torch.float64), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if len(state["perm"]) != len(self):
-            raise ValueError(f"state_dict is for a cache of {len(state['perm'])} activations, this one has {len(self)}")
-        self.perm = state["perm"].clone()
-        self.served, self.epoch = int(state["served"]), int(state["epoch"])
-        self.scale = float(state["scale"])
         self.generator.set_state(state["generator"])
