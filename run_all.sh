@@ -42,14 +42,15 @@ if [ ${#notebooks[@]} -eq 0 ]; then echo "run_all.sh: no notebook matches --only
 
 params=()
 [ "$scale" != default ] && params=(-p scale "$scale")
-failed=(); timings=()
+failed=(); timings=(); walls=()
 start_all=$(date +%s)
 i=0
 for nb in "${notebooks[@]}"; do
   i=$((i + 1)); name="$(basename "$nb")"
   echo "[$i/${#notebooks[@]}] $name ($scale scale)"
   t0=$(date +%s)
-  if "$PY" -m papermill "$nb" "$out/executed/$name" "${params[@]}" -k python3 --log-level WARNING --progress-bar; then
+  rm -f "$out/timing/${name%.ipynb}.json"      # saelib.lab.timing records this run's categories afresh
+  if SAELIB_NOTEBOOK="${name%.ipynb}" "$PY" -m papermill "$nb" "$out/executed/$name" "${params[@]}" -k python3 --log-level WARNING --progress-bar; then
     status=ok
     # drop timestamps, durations and papermill paths, so that unchanged results give an unchanged file
     "$PY" scripts/clean_notebook.py "$out/executed/$name"
@@ -60,6 +61,7 @@ for nb in "${notebooks[@]}"; do
   fi
   t1=$(date +%s)
   timings+=("$(printf '%-34s %6ss  %s' "$name" "$((t1 - t0))" "$status")")
+  walls+=("${name%.ipynb}=$((t1 - t0))")
   if [ "$html" = 1 ] && [ -f "$out/executed/$name" ]; then
     "$PY" -m nbconvert --to html --log-level WARN "$out/executed/$name" --output-dir "$out/html" >/dev/null 2>&1 \
       || echo "  (nbconvert could not render $name)"
@@ -72,6 +74,9 @@ echo
 echo "Wall time per notebook ($scale scale):"
 printf '  %s\n' "${timings[@]}"
 echo "  total: $(( $(date +%s) - start_all ))s"
+echo
+echo "Where the time went ($scale scale; % of each notebook's wall time; SAE tok/s = SAE tokens trained / wall s):"
+"$PY" -m saelib.lab.timing --scale "$scale" --wall "${walls[@]}" | sed 's/^/  /'
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED notebooks: ${failed[*]} (executed copies with the error are in $out/executed/)" >&2
   exit 1

@@ -36,6 +36,7 @@ from saelib.lab.paths import output_dir
 from saelib.lab.protocol import Protocol, held_out_objective
 from saelib.lab.protocol import train_config as protocol_train_config
 from saelib.lab.scales import Scale
+from saelib.lab.timing import timed
 from saelib.models.architectures import ARCHITECTURES, create_sae
 from saelib.models.base import SAE
 from saelib.progress import tqdm
@@ -154,8 +155,9 @@ class LMSite(Site):
         for split, n_tokens in (("train", scale.train_tokens), ("heldout", scale.eval_tokens)):
             path = root / f"{split}_{n_tokens}"
             if not activation_cache_complete(path):                 # missing, interrupted or damaged
-                tokens = self._tokens(split, rows_needed[split], ctx)
-                cache_activations(self.model, hook, tokens, n_tokens, path, progress=progress)
+                with timed("activation_extraction", scale=scale.name):
+                    tokens = self._tokens(split, rows_needed[split], ctx)
+                    cache_activations(self.model, hook, tokens, n_tokens, path, progress=progress)
             paths[split] = path
         self._train_path = paths["train"]
         train = ActivationCache(paths["train"], batch_size=1, normalization=normalization)
@@ -186,7 +188,8 @@ class LMSite(Site):
     def extra_metrics(self, sae: SAE) -> dict:
         from saelib.eval.lm_metrics import evaluate_lm
 
-        lm = evaluate_lm(self.model, sae, self.hook, self.lm_tokens, scale=self.scale_factor)
+        with timed("lm_evaluation", scale=self.scale.name):
+            lm = evaluate_lm(self.model, sae, self.hook, self.lm_tokens, scale=self.scale_factor)
         return {k: v for k, v in lm.as_dict().items() if k in
                 ("ce_clean", "ce_sae", "ce_zero", "delta_lm_loss", "loss_recovered")}
 
@@ -316,7 +319,8 @@ def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, 
     torch.manual_seed(seed)
     sae = create_sae(spec.architecture, site.d_in, d_sae, **options)
     _TRAIN_CALLS[0] += 1
-    history = train_sae(sae, site.train_batches(cfg.batch_size, seed), cfg)
+    with timed("sae_training", scale=site.scale.name, saes=1, tokens=cfg.n_steps * cfg.batch_size):
+        history = train_sae(sae, site.train_batches(cfg.batch_size, seed), cfg)
     sae.eval()
     metrics = evaluate(site, sae)
     # the training objective on held-out activations (what the LR sweep of saelib.lab.protocol compares)

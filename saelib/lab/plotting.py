@@ -126,13 +126,15 @@ def save_figure(fig, name: str, scale: str = "default", pdf: bool = True) -> Pat
     """Write figures/<name>.png (and .pdf) — or outputs/smoke/figures/ at smoke scale — and return the PNG path.
 
     The files carry no dates or version strings, so the same figure gives the same bytes on every run."""
+    from saelib.lab.timing import timed
+
     out = figures_dir(scale)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
-    # atomically (saelib.files): a crash never leaves half a figure
-    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=130, format="png", metadata=PNG_METADATA))
-    if pdf:
-        atomic_write(out / f"{name}.pdf", lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_METADATA))
+    with timed("plotting", scale=scale):        # atomically (saelib.files): a crash never leaves half a figure
+        atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=130, format="png", metadata=PNG_METADATA))
+        if pdf:
+            atomic_write(out / f"{name}.pdf", lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_METADATA))
     return FigurePath(png)
 
 
