@@ -290,3 +290,56 @@ def test_successor_options_survive_save_and_load(tmp_path):
     loaded = load_sae(tmp_path / "sae")
     assert loaded.config() == sae.config()
     assert not loaded.paper_recipe
+
+
+def test_saelib_fast_keeps_the_sparse_step_for_the_paper_recipe_only():
+    from saelib.fast import training_loss
+
+    assert training_loss(JumpReLUSAE(4, 16), "cpu") != JumpReLUSAE(4, 16).loss     # the sparse CPU step
+    for options in (dict(sparsity_mode="tanh"), dict(sparsity_mode="quadratic", target_l0=2.0),
+                    dict(encoder_ste=True), dict(pre_act_loss_coeff=1e-3)):
+        sae = JumpReLUSAE(4, 16, **options)
+        assert training_loss(sae, "cpu") == sae.loss, options               # the dense loss()
+    sae = BatchTopKSAE(4, 16, k=2)
+    assert training_loss(sae, "cpu") == sae.loss
+
+
+def test_2025_recipe_trains_and_resumes_bitwise_with_its_dead_latent_counts(tmp_path):
+    """The 2025 options through train_sae: finite, sparser than at the start, and a run interrupted after a
+    checkpoint resumes to the same weights and dead-latent counts (a buffer in state_dict)."""
+    data = torch.randn(512, 8, generator=torch.Generator().manual_seed(0))
+    cfg = dict(total_steps=12, batch_size=32, lr=3e-3, log_every=4, progress=False, checkpoint_every=4,
+               sparsity_coeff=0.05)
+
+    def make(seed=0):
+        torch.manual_seed(seed)
+        sae = JumpReLUSAE(8, 24, bandwidth=0.05, theta_init=0.05, sparsity_mode="tanh", encoder_ste=True,
+                          pre_act_loss_coeff=1e-2, pre_act_on="dead", dead_tokens=64)
+        with torch.no_grad():
+            sae.b_enc[:6] = -20.0                        # six latents that never fire: the pre-act loss's target
+        return sae
+
+    reference = make()
+    ref_hist = train_sae(reference, data, TrainConfig(**cfg))
+    assert all(math.isfinite(h["loss"]) for h in ref_hist)
+    assert int(reference.tokens_since_fired.max()) > 0
+
+    class Crash(Exception):
+        pass
+
+    interrupted, calls = make(), [0]
+    original = interrupted.loss
+
+    def crashing(x, sparsity_coeff):
+        calls[0] += 1
+        if calls[0] == 10:
+            raise Crash
+        return original(x, sparsity_coeff)
+    interrupted.loss = crashing
+    with pytest.raises(Crash):
+        train_sae(interrupted, data, TrainConfig(**cfg, checkpoint_dir=str(tmp_path)))
+    resumed = make(seed=1)
+    hist = train_sae(resumed, data, TrainConfig(**cfg, checkpoint_dir=str(tmp_path)), resume=True)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    assert hist == ref_hist
