@@ -3,13 +3,14 @@
 `training_loss(sae)` is chosen once by the trainer: it returns the function a training step calls,
 `loss_fn(x, sparsity_coeff) -> LossOutput`, equal in value and gradient to the model's dense
 `sae.loss` (tested in float64, tests/test_sparse.py):
-    ReLU, JumpReLU (compact kernels)  on a CPU: the sparse step of saelib/fast/steps.py, which finishes
+    ReLU, JumpReLU (the paper's       on a CPU: the sparse step of saelib/fast/steps.py, which finishes
+    recipe, a compact kernel)
                                       densely (reusing the encoder product) when the batch is not sparse
                                       enough; elsewhere `sae.loss`
     Gated (tied weights)              GatedActivations (fewer temporaries) on any device, plus the sparse
                                       step on a CPU (saelib/fast/gated.py)
     TopK                              the sparse step on any device (its support is always B*k, so
-                                      there is no density test and no host sync)
+                                      there is no density test)
     anything else                     `sae.loss` (so also a subclass, or an SAE whose instance has its own
                                       `loss`, e.g. a wrapper)
 With gradients disabled (evaluation) every function calls `sae.loss`.
