@@ -4,8 +4,7 @@
 `loss_fn(x, sparsity_coeff) -> LossOutput`, equal in value and gradient to the model's dense
 `sae.loss` (tested in float64, tests/test_sparse.py):
     ReLU, JumpReLU (the paper's       on a CPU: the sparse step of saelib/fast/steps.py, which finishes
-    recipe, a compact kernel)
-                                      densely (reusing the encoder product) when the batch is not sparse
+    recipe, a compact kernel)         densely (reusing the encoder product) when the batch is not sparse
                                       enough; elsewhere `sae.loss`
     Gated (tied weights)              GatedActivations (fewer temporaries) on any device, plus the sparse
                                       step on a CPU (saelib/fast/gated.py)
