@@ -1,4 +1,4 @@
-"""Regenerate the embedded model shipped in saelib/assets/ (embedded_model.safetensors + embedded_model.json).
+"""Regenerate the embedded model shipped in saelib/data/assets/ (embedded_model.safetensors + embedded_model.json).
 
     python scripts/train_embedded_model.py                 # the shipped weights: defaults, 1 thread
     python scripts/train_embedded_model.py --out /tmp/em   # somewhere else, e.g. to compare

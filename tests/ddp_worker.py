@@ -27,7 +27,7 @@ CASES = {
               dict(grad_clip_norm=1.0, lr_decay_frac=0.2, sparsity_warmup_frac=0.05, adam_betas=(0.9, 0.999))),
     "gated": (lambda: GatedSAE(D_IN, D_SAE, resample=False), dict(lr_warmup_steps=5)),
     "jumprelu": (lambda: JumpReLUSAE(D_IN, D_SAE, bandwidth=0.05, theta_init=0.05), dict()),
-    # about 3% of pre-activations above theta - eps: the sparse step (saelib/sparse.py) on every rank
+    # about 3% of pre-activations above theta - eps: the sparse step (saelib/fast/) on every rank
     "jumprelu_sparse": (lambda: JumpReLUSAE(D_IN, D_SAE, bandwidth=0.1, theta_init=2.0), dict()),
 }
 

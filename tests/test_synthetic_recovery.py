@@ -6,7 +6,7 @@ unit mean squared norm, d_sae 512, 800 steps of batch 512, Adam(0, 0.999) lr 1e-
 - JumpReLU, Gated and TopK recover the true directions (mean max cosine >= 0.9) near the true L0
 - L0 falls monotonically as the sparsity coefficient rises (as k falls, for TopK), for every family
 JumpReLU uses theta_init 0.1 and bandwidth 0.01: with the paper's 1e-3 the log-parameterised thresholds
-cannot travel far in 800 steps (see saelib/experiments.py FAMILY_OPTIONS and notebook 03).
+cannot travel far in 800 steps (see saelib/lab/experiments.py FAMILY_OPTIONS and notebook 03).
 """
 import functools
 

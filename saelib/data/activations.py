@@ -14,9 +14,10 @@ Two sources serve the same protocol used by `saelib.training.loop`: `next_batch(
                     so a sweep of many SAEs runs the model once (saelib/data/cache.py).
 
 Both scale what they serve by one scalar s estimated from the first activations they see (see
-saelib/data/normalization.py). Reading one hook lives in saelib/data/hooks.py. Hook names are transformer_lens names, e.g. `blocks.1.hook_resid_post`,
-`blocks.1.hook_mlp_out`, `blocks.0.mlp.hook_post` (MLP neurons), `blocks.0.attn.hook_z` (attention
-outputs before W_O, [.., n_heads, d_head], flattened here to n_heads * d_head).
+saelib/data/normalization.py). Reading one hook lives in saelib/data/hooks.py. Hook names are
+transformer_lens names, e.g. `blocks.1.hook_resid_post`, `blocks.1.hook_mlp_out`, `blocks.0.mlp.hook_post`
+(MLP neurons), `blocks.0.attn.hook_z` (attention outputs before W_O, [.., n_heads, d_head], flattened here
+to n_heads * d_head).
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class BufferConfig:
     batch_size       activations per training batch
     model_batch_size sequences per forward pass
     refill_fraction  refill once this fraction of the buffer has been served since the last refill
-    normalization    see saelib/normalization.py; the scale comes from the first fill unless `scale` is given
+    normalization    see saelib/data/normalization.py; the scale comes from the first fill unless `scale` is given
     storage_dtype    dtype of the stored activations (batches are always served as float32)
     """
 

@@ -1,7 +1,7 @@
 """The embedded language model: a small transformer_lens HookedTransformer trained by saelib on its own corpus.
 
 It stands in for the papers' models when no hub is reachable (docs/design.md §3). Its weights ship with the
-package (saelib/assets/embedded_model.safetensors + embedded_model.json, a few MB) and loading never
+package (saelib/data/assets/embedded_model.safetensors + embedded_model.json, a few MB) and loading never
 trains unless asked. The JSON holds the HookedTransformerConfig fields, the tokenizer vocabulary, the
 corpus and training settings, and the held-out loss and corpus entropies measured right after training.
 

@@ -9,7 +9,7 @@ sites). Two conventions:
   "none"                                                                          ->  s = 1
 
 The SAE then sees s * x and reconstructs s * x; divide its output by s to return to the model's
-space. `SAE.fold_input_scaling(s)` (saelib/base.py) folds s into the weights when saving, so a saved
+space. `SAE.fold_input_scaling(s)` (saelib/models/base.py) folds s into the weights when saving, so a saved
 SAE acts directly on raw activations.
 """
 from __future__ import annotations

@@ -4,14 +4,14 @@ Over held-out tokens, three next-token cross-entropies (mean over predicted toke
 
     CE_clean  the model as it is
     CE_sae    the activation at `hook_name` replaced by the SAE's reconstruction:
-                  x -> SAE(s * x) / s       (s: the input scale the SAE was trained with, saelib/normalization.py)
+                  x -> SAE(s * x) / s       (s: the input scale the SAE was trained with, saelib/data/normalization.py)
     CE_zero   the activation at `hook_name` replaced by zeros
 
     delta LM loss  = CE_sae - CE_clean                              (0 for a perfect SAE)
     loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)      (1 for a perfect SAE, 0 for a useless one)
 
 The replacement happens only at the positions the SAE was trained on (BOS and padding keep their clean
-activations, see saelib/activations.py), in both the SAE and the zero-ablation runs. Every prediction
+activations, see saelib/data/activations.py), in both the SAE and the zero-ablation runs. Every prediction
 of a real token counts (padding targets do not), so on packed rows CE_clean is the model's usual loss. `hook_z`
 activations [.., n_heads, d_head] are flattened to n_heads * d_head for the SAE and reshaped back.
 L0 and FVU of the SAE on the same activations come for free (saelib.eval.metrics.MetricsAccumulator).

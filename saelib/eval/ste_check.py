@@ -1,7 +1,7 @@
 """Is the straight-through estimator a good gradient? Checks for the JumpReLU paper's §4 argument.
 
 The loss of a JumpReLU SAE is piecewise constant in each threshold theta_i, so its gradient is zero almost
-everywhere; but the *expected* loss E[L] is smooth in theta, and the STE (saelib/ste.py) is a kernel density
+everywhere; but the *expected* loss E[L] is smooth in theta, and the STE (saelib/models/ste.py) is a kernel density
 estimate of d E[L] / d theta. Everything here works with log_threshold (theta = exp(log_threshold)), the
 parameter the optimiser actually moves:
 
