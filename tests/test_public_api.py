@@ -106,3 +106,22 @@ def test_design_document_sections_cited_exist() -> None:
             cited.setdefault(number, set()).add(str(path.relative_to(REPO)))
     unknown = {n: sorted(files) for n, files in cited.items() if n not in sections}
     assert not unknown, f"docs/design.md has no section(s) {unknown}"
+
+
+# ----------------------------------------------------------------------------- layers
+
+LAYERS = ["models", "fast", "training", "data", "eval", "lab"]          # each imports only those before it
+SHARED = {"validation", "files", "progress"}                            # small modules any layer may use
+
+
+def test_imports_run_one_way():
+    wrong = []
+    for i, layer in enumerate(LAYERS):
+        allowed = set(LAYERS[: i + 1]) | SHARED
+        if layer == "lab":
+            allowed |= {"io", "interop", "kernels", "metrics", "train", "synthetic"}
+        for path in sorted((REPO / "saelib" / layer).rglob("*.py")):
+            for name in re.findall(r"^\s*(?:from|import) saelib\.([a-z_]+)", path.read_text("utf-8"), re.M):
+                if name not in allowed:
+                    wrong.append(f"{path.relative_to(REPO)} imports saelib.{name}")
+    assert not wrong, wrong
