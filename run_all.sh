@@ -7,10 +7,11 @@
 #   ./run_all.sh --scale paper      # the papers' models and budgets (GPU and a model hub needed)
 #   ./run_all.sh --only 04          # one notebook (repeatable: --only 02 --only 03)
 #   ./run_all.sh --no-html          # skip the nbconvert renders
+#   ./run_all.sh --no-site          # skip the static site (site/ at default scale; needs the `site` extra)
 set -uo pipefail
 cd "$(dirname "$0")"
 
-scale=default; only=(); html=1
+scale=default; only=(); html=1; build_site=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="${2:-}"; shift 2 ;;
@@ -18,7 +19,8 @@ while [ $# -gt 0 ]; do
     --only) only+=("${2:-}"); shift 2 ;;
     --only=*) only+=("${1#*=}"); shift ;;
     --no-html) html=0; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --no-site) build_site=0; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (allowed: --scale smoke|default|paper, --only NN, --no-html)" >&2; exit 2 ;;
   esac
 done
@@ -70,6 +72,17 @@ done
 
 readme_arg=(); [ "$scale" = default ] && readme_arg=(--readme README.md)   # README carries the default table
 "$PY" -m saelib.lab.claims --scale "$scale" "${readme_arg[@]}" >/dev/null && echo "claims table: $("$PY" -c "from saelib.lab.paths import figures_dir; print(figures_dir('$scale') / 'CLAIMS.md')")"
+# the static site from the executed notebooks (default scale: the committed ones -> site/; else $out/site)
+if [ "$build_site" = 1 ]; then
+  if "$PY" -c "import mkdocs_jupyter, material, latex2mathml" 2>/dev/null; then
+    site_args=(); [ "$scale" != default ] && site_args=(--notebooks "$out/executed" --site "$out/site" \
+      --figures "$("$PY" -c "from saelib.lab.paths import figures_dir; print(figures_dir('$scale'))")" \
+      --claims "$("$PY" -c "from saelib.lab.paths import figures_dir; print(figures_dir('$scale') / 'CLAIMS.md')")")
+    NO_MKDOCS_2_WARNING=1 "$PY" scripts/build_site.py "${site_args[@]}" || echo "  (the site could not be built)"
+  else
+    echo "site: skipped (needs the site extra: SAELIB_EXTRAS=dev,site, or pip install -e '.[site]')"
+  fi
+fi
 echo
 echo "Wall time per notebook ($scale scale):"
 printf '  %s\n' "${timings[@]}"
