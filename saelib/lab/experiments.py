@@ -39,7 +39,7 @@ from saelib.lab.scales import Scale
 from saelib.lab.timing import timed
 from saelib.models.architectures import ARCHITECTURES, create_sae
 from saelib.models.base import SAE
-from saelib.progress import tqdm
+from saelib.progress import progress_enabled, tqdm
 from saelib.training.loop import TrainConfig, train_sae
 from saelib.validation import check_choice, check_positive
 
@@ -280,13 +280,15 @@ def force_retrain_default() -> bool:
 
 
 def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu",
-        force_retrain: bool | None = None, verbose: bool = True, protocol: Protocol | None = None) -> RunResult:
+        force_retrain: bool | None = None, verbose: bool | None = None, protocol: Protocol | None = None) -> RunResult:
     """Train `spec` on `site` (seeded), evaluate it, and cache everything under outputs/<scale>/runs/<key>/;
     a later call with the same site, spec, seed, settings and library code (see run_key) loads it instead.
 
     force_retrain: retrain even when cached (None: the session default, see set_force_retrain); a key is
     retrained once per process, so a sweep repeated later in the same notebook loads what was just trained.
-    `force=True` retrains every time. With `verbose`, prints one line: loaded from the cache or trained.
+    `force=True` retrains every time. With `verbose`, prints one line: loaded from the cache or trained
+    (default: in interactive sessions only, see saelib.progress; a batch run's saved outputs then depend on
+    the results only, not on what happened to be cached).
     protocol: how to train (saelib.lab.protocol.Protocol; None: Protocol(), whose learning rates are untuned)."""
     if force_retrain is None:
         force_retrain = force_retrain_default()
@@ -297,6 +299,8 @@ def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device
     before = _TRAIN_CALLS[0]
     result = _run_once(site, spec, seed, force=force, device=device, protocol=protocol)
     result.loaded = _TRAIN_CALLS[0] == before
+    if verbose is None:
+        verbose = progress_enabled()
     if verbose:
         what = f"k={spec.options['k']}" if "k" in spec.options else f"lambda={spec.sparsity_coeff:.3g}"
         print(f"{spec.label} ({what}, seed {seed}): "
@@ -351,10 +355,11 @@ def load_cached_run(path: Path, spec: SAESpec, *, device: str = "cpu") -> RunRes
 
 
 def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = True,
-          force_retrain: bool | None = None, verbose: bool = True, seeds: Sequence[int] | None = None,
+          force_retrain: bool | None = None, verbose: bool | None = None, seeds: Sequence[int] | None = None,
           protocol: Protocol | None = None) -> list[RunResult]:
     """run() every spec (cached ones load instantly); a progress bar over the sweep (interactive sessions
-    only, see saelib.progress) and, with `verbose`, one line saying how many were loaded and how many trained.
+    only, see saelib.progress) and, with `verbose` (default: the same), one line saying how many were loaded
+    and how many trained.
 
     seeds: train every spec at each of these seeds (instead of `seed`); the result is spec-major
     ([spec0 seed0, spec0 seed1, ..., spec1 seed0, ...]) and each RunResult (and its row()) carries its seed.
@@ -363,6 +368,8 @@ def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = T
     jobs = [(spec, s) for spec in specs for s in seed_list]
     results = [run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
                for spec, s in tqdm(jobs, desc="SAEs", disable=not progress)]
+    if verbose is None:
+        verbose = progress_enabled()
     if verbose and results:
         labels = sorted({r.spec.label or r.spec.architecture for r in results})
         loaded = sum(r.loaded for r in results)
