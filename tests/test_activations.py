@@ -101,7 +101,7 @@ def held_bytes(buffer) -> int:
 @pytest.mark.parametrize("storage_dtype", ["float32", "bfloat16"])
 def test_buffer_memory_stays_within_its_byte_bound(model, tokens, storage_dtype, monkeypatch):
     """Measured: the tensors the buffer holds after every batch, and the hook outputs read during refills."""
-    import saelib.data.hooks as H       # where the buffer's kept_activations reads the hook
+    import saelib.data.hooks as H  # where the buffer's kept_activations reads the hook
 
     hook_outputs, original = [], H.read_hook
     monkeypatch.setattr(H, "read_hook", lambda *a: hook_outputs.append(original(*a)) or hook_outputs[-1])
