@@ -66,12 +66,17 @@ def tex_to_mathml(markdown: str) -> str:
     return "".join(out + [MATH.sub(one, markdown[last:])])
 
 
+NOTEBOOK_LINK = re.compile(r"\]\((\d\d_[\w-]+)\.ipynb(#[^)]*)?\)")
+
+
 def copy_notebook(path: Path, dest: Path) -> None:
-    """The notebook with its markdown math converted to MathML (tex_to_mathml); outputs untouched."""
+    """The notebook with its markdown math converted to MathML (tex_to_mathml) and its links to sibling
+    notebooks ("01_standard_sae.ipynb") pointed at their pages ("../01_standard_sae/"); outputs untouched."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":
-            cell["source"] = tex_to_mathml("".join(cell["source"]))
+            text = NOTEBOOK_LINK.sub(lambda m: f"](../{m.group(1)}/{m.group(2) or ''})", "".join(cell["source"]))
+            cell["source"] = tex_to_mathml(text)
     dest.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
 
 
