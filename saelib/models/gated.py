@@ -19,6 +19,9 @@ Options (the paper's ablations and the April-2024 penalty study):
     penalty_decoder "unfrozen" | "frozen": with "decoder_norm", whether W_dec is stop-gradient inside the
                     penalty
 With tying, a Gated SAE is exactly a JumpReLU SAE (see to_jumprelu).
+
+loss() is the plain dense computation; training calls saelib.fast.training_loss(sae), its faster twin
+(equal values and gradients, tests/test_sparse.py).
 """
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ variant="april_update"  (Anthropic, April 2024 training update)
     free decoder norms, decoder rows initialised to a small norm (0.1), no resampling.
 
 Both initialise W_enc = W_dec^T (at init only) and zero biases.
+
+loss() is the plain dense computation; training calls saelib.fast.training_loss(sae), its faster twin
+(equal values and gradients, tests/test_sparse.py).
 """
 from __future__ import annotations
 
