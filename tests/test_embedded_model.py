@@ -91,3 +91,29 @@ def test_config_validation():
 def test_missing_files_never_train_unless_asked(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_embedded_model.py"):
         load_embedded_model(directory=tmp_path)
+
+
+def test_damaged_files_are_refused_by_name_or_regenerated(tmp_path, monkeypatch):
+    import shutil
+
+    from saelib.data import embedded_model as E
+
+    for name in (E.WEIGHTS_FILE, E.CONFIG_FILE):
+        shutil.copy(E.ASSETS / name, tmp_path / name)
+    weights = (tmp_path / E.WEIGHTS_FILE).read_bytes()
+    (tmp_path / E.WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])           # truncated weights
+    with pytest.raises(ValueError, match="embedded_model.safetensors"):
+        E.load_embedded_model(directory=tmp_path)
+    text = (tmp_path / E.CONFIG_FILE).read_text()
+    (tmp_path / E.CONFIG_FILE).write_text(text[: len(text) // 2])                   # truncated JSON
+    with pytest.raises(ValueError, match="embedded_model.json"):
+        E.load_embedded_model(directory=tmp_path)
+
+    tiny = EmbeddedModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=16, n_train_docs=40,
+                               n_heldout_docs=20, steps=3, batch_size=4, warmup_steps=1)
+    real = E.train_embedded_model
+    monkeypatch.setattr(E, "train_embedded_model", lambda cfg: real(tiny, log=lambda line: None))
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        model, _, _ = E.load_embedded_model(directory=tmp_path, train_if_missing=True)
+    assert model.cfg.n_layers == 1
+    assert E.load_embedded_model(directory=tmp_path)[0].cfg.n_layers == 1        # repaired: loads, no training

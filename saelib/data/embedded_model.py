@@ -31,11 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saelib.data.corpus import corpus_splits
 from saelib.data.tokenizer import WordTokenizer, pack_tokens
-from saelib.files import atomic_write, atomic_write_json
+from saelib.files import atomic_write, atomic_write_json, read_json
 from saelib.validation import check_positive, check_range
 
 ASSETS = Path(__file__).parent / "assets"
@@ -214,8 +215,9 @@ def shipped_settings(directory: Path | str = ASSETS) -> dict:
 def load_embedded_model(device: str = "cpu", directory: Path | str = ASSETS, train_if_missing: bool = False):
     """Load the shipped model offline. Returns (HookedTransformer in eval mode, WordTokenizer, record).
 
-    Never trains unless asked: with train_if_missing=True, missing files are regenerated first with the
-    default EmbeddedModelConfig (as `python scripts/train_embedded_model.py --out directory` would).
+    Never trains unless asked: with train_if_missing=True, missing or damaged files (truncated JSON or
+    weights) are regenerated first with the default EmbeddedModelConfig (as `python
+    scripts/train_embedded_model.py --out directory` would); otherwise they raise an error naming the file.
     """
     directory = Path(directory)
     weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
@@ -223,11 +225,32 @@ def load_embedded_model(device: str = "cpu", directory: Path | str = ASSETS, tra
         if not train_if_missing:
             raise FileNotFoundError(f"embedded model files missing in {directory}; regenerate them with: "
                                     f"{REGENERATE} (or pass train_if_missing=True)")
-        model, record = train_embedded_model(EmbeddedModelConfig())
-        save_embedded_model(model, WordTokenizer.for_corpus(), record, directory)
-    record = json.loads(config.read_text())
+        return _regenerate(directory, device)
+    try:
+        return _load(weights, config, device)
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError) as e:
+        if not train_if_missing:
+            raise ValueError(f"embedded model files in {directory} are damaged ({e}); regenerate them with: "
+                             f"{REGENERATE} (or pass train_if_missing=True)") from e
+        warnings.warn(f"embedded model files in {directory} are damaged ({e}); regenerating them", RuntimeWarning,
+                      stacklevel=2)
+        return _regenerate(directory, device)
+
+
+def _regenerate(directory: Path, device: str):
+    model, record = train_embedded_model(EmbeddedModelConfig())
+    save_embedded_model(model, WordTokenizer.for_corpus(), record, directory)
+    return _load(directory / WEIGHTS_FILE, directory / CONFIG_FILE, device)
+
+
+def _load(weights: Path, config: Path, device: str):
+    record = read_json(config)                                   # ValueError naming a truncated file
     tokenizer = WordTokenizer.from_dict(record.pop("tokenizer"))
     model = build_model(record["model_fields"], device=device)
-    model.load_state_dict(load_file(str(weights), device=device), strict=True)
+    try:
+        state = load_file(str(weights), device=device)
+    except SafetensorError as e:
+        raise ValueError(f"{weights}: not a valid safetensors file ({e})") from e
+    model.load_state_dict(state, strict=True)
     model.eval()
     return model, tokenizer, record
