@@ -28,7 +28,9 @@ Successors of the 2024 recipe (options; the defaults keep the paper's loss exact
               for `dead_tokens` tokens; counted here in tokens, by SAELens in steps)
     encoder_ste straight-through gradients that also reach pi (and so the encoder) through the jump:
               d/dpi H(pi - theta) := +(1/eps) K((pi - theta)/eps), d/dpi JumpReLU := H + (theta/eps) K(...)
-              (SAELens's jumprelu_ste_to_input, "True matches Anthropic's setup"; the paper trains theta only)
+              (SAELens's jumprelu_ste_to_input, "True matches Anthropic's setup"; the paper trains theta only).
+              Caveat: the January-2025 update itself, as far as we could read it, writes
+              dJumpReLU/dx = 1[x > exp(t)] (no kernel term); we follow SAELens's reading, as an option.
 Any of them makes loss() take the dense successor path (saelib/models/ste.py: jumprelu_ste, heaviside_ste);
 `paper_recipe` says whether the loss is still the 2024 paper's (saelib.fast's sparse step handles only that).
 """
