@@ -168,6 +168,8 @@ def test_not_lower_and_the_minimum_number_of_seeds():
     assert not judge([paired([-0.30, -0.35, -0.32])], "not_lower").holds
     one_seed = judge([paired([-0.5])], "lower")
     assert not one_seed.holds and "1 seed" in one_seed.observed
+    mixed = judge([paired([-0.30, -0.35, -0.32]), paired([0.9])], "lower")   # the 1-seed L0 is left out
+    assert mixed.holds and mixed.n_seeds == 3 and "left out" in mixed.observed
     nothing = judge([], "equivalent", what="x")
     assert not nothing.holds and "not compared" in nothing.observed
 

@@ -36,7 +36,8 @@ Verdict rules (`judge`; stated in each claim's "rule" column):
   equivalent       at every compared L0, |mean paired difference| < margin, where margin = 2 x the pooled
                    seed-to-seed sd of the two sides at that L0 (the spread of one arm alone, measured here),
                    unless an explicit margin is given. The margin is printed beside the verdict.
-A claim needs at least 2 seeds and at least one compared L0; otherwise it does not hold ("not compared").
+A compared L0 needs at least 2 seeds (one with fewer is listed but left out of the verdict), and a claim needs at
+least one compared L0; otherwise it does not hold ("not compared").
 """
 from __future__ import annotations
 
@@ -344,14 +345,16 @@ def judge(paired: Sequence[Paired], expect: str, *, margin: float | None = None,
     `Paired.spread()` at each L0 unless `margin` is given (same scale as the differences: log-ratio for
     positive metrics)."""
     check_choice("expect", expect, EXPECTATIONS)
-    paired = tuple(paired)
+    everything = tuple(paired)
+    paired = tuple(p for p in everything if p.n >= 2)        # a compared L0 needs two seeds for a spread
+    dropped = [p for p in everything if p.n < 2]
     n = min((p.n for p in paired), default=0)
     margins: tuple[float, ...] = ()
     rule = RULES[expect]
-    if not paired or n < 2:
+    if not paired:
         return Result(False, expect, rule, (what + ": " if what else "") + (
-            "not compared (no overlapping L0 range)" if not paired else f"only {n} seed(s): no verdict"),
-            n, paired)
+            "not compared (no overlapping L0 range)" if not everything else
+            f"only {max(p.n for p in everything)} seed(s) inside the compared range: no verdict"), n, everything)
     parts = [p.text(digits) for p in paired]
     if expect == "lower":
         holds = all(significant(p, -1) for p in paired)
@@ -371,4 +374,6 @@ def judge(paired: Sequence[Paired], expect: str, *, margin: float | None = None,
         else:
             rule = rule.replace("2 x pooled seed sd of one arm (or the stated margin)", f"{margin:.3g} (stated)")
     observed = (what + ": " if what else "") + "; ".join(parts)
+    if dropped:
+        observed += "; left out (fewer than 2 seeds in range): " + "; ".join(p.text(digits) for p in dropped)
     return Result(holds, expect, rule, observed, n, paired, margins)
