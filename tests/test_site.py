@@ -1,7 +1,8 @@
 """The rendered site, in a real headless browser: build it from the committed (executed) notebooks with
-scripts/build_site.py, serve it on 127.0.0.1, and open every page in Chromium (Selenium + chromedriver from
-Debian's packages). Every page must load without console errors and without fetching anything from another
-host; every image must load; every internal link (and its #anchor) must resolve.
+scripts/build_site.py (or from the folder SAELIB_SITE_NOTEBOOKS, e.g. a smoke run's executed notebooks), serve it
+on 127.0.0.1, and open every page in Chromium (Selenium + chromedriver from Debian's packages). Every page
+must load without console errors and without fetching anything from another host; every image must load;
+every internal link (and its #anchor) must resolve.
 
 Needs the `site` extra (pip install -e ".[site]") and Debian's `chromium` + `chromium-driver` (.ci/run installs
 both). Skipped only when no Chromium can be found, with the reason printed.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
 import socketserver
@@ -46,7 +48,8 @@ def site(tmp_path_factory) -> Path:
     finally:
         sys.path.pop(0)
     out = tmp_path_factory.mktemp("site") / "site"
-    build_site.build(ROOT / "notebooks", ROOT / "figures", ROOT / "figures" / "CLAIMS.md", out)
+    notebooks = Path(os.environ.get("SAELIB_SITE_NOTEBOOKS", ROOT / "notebooks"))   # e.g. a smoke run's executed/
+    build_site.build(notebooks, ROOT / "figures", ROOT / "figures" / "CLAIMS.md", out)
     return out
 
 
@@ -100,7 +103,8 @@ def _ids(html: str) -> set[str]:
 
 def test_the_site_has_an_index_the_claims_and_every_notebook(site):
     pages = _pages(site)
-    notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    source = Path(os.environ.get("SAELIB_SITE_NOTEBOOKS", ROOT / "notebooks"))
+    notebooks = sorted(p.stem for p in source.glob("[0-9][0-9]_*.ipynb"))
     assert "/" in pages and "/claims/" in pages
     assert [f"/notebooks/{n}/" for n in notebooks] == [p for p in pages if p.startswith("/notebooks/")]
     index = (site / "index.html").read_text(encoding="utf-8")
