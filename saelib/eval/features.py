@@ -44,6 +44,13 @@ class TokenSample:
     words: list[list[str]]                      # per document: its tokens as text (BOS excluded)
     labels: dict[str, torch.Tensor] = field(default_factory=dict)   # name -> [n] integer class per token
     classes: dict[str, list[str]] = field(default_factory=dict)     # name -> class names
+    _chance: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
+
+    def chance(self, label: str, k: int) -> float:
+        """null_purity of `label` for k documents (computed once per sample, label and k)."""
+        if (label, k) not in self._chance:
+            self._chance[(label, k)] = null_purity(self.labels[label], k, doc=self.doc)
+        return self._chance[(label, k)]
 
 
 def corpus_sample(n_docs: int, seed: int = 1):
@@ -170,7 +177,7 @@ def purity_summary(sample: TokenSample, codes: torch.Tensor, k: int = 20) -> dic
         purity = label_purity(top, sample.labels[name])
         scored = purity[~purity.isnan()]
         out[f"{name}_purity"] = float(scored.mean()) if scored.numel() else math.nan
-        out[f"{name}_null"] = null_purity(sample.labels[name], top.values.shape[1], doc=sample.doc)
+        out[f"{name}_null"] = sample.chance(name, top.values.shape[1])
     out["scored_latents"] = float((~label_purity(top, sample.labels["topic"]).isnan()).sum())
     return out
 
