@@ -201,6 +201,35 @@ def breakdown(family: str, size_name: str, reps: int = 30) -> None:
         print(f"  {name:40s} {1e3 * t:8.3f} ms  {100 * t / bare:6.2f}% of the bare step")
 
 
+def crossover(widths=(512, 1024, 2048), l0s=(8, 16, 32, 64, 128), reps: int = 9) -> None:
+    """Does the CPU sparse step pay? A standard SAE (d_in 128, batch 1024, 1 thread) with its encoder biases
+    set so that about L0 latents fire per token: the step saelib.fast picks (sparse below SPARSE_MAX_DENSITY)
+    against the dense step (max_density=0), forward + backward at a fixed state, interleaved, medians."""
+    from saelib.fast import SPARSE_MAX_DENSITY
+
+    torch.set_num_threads(1)
+    x = make_data(128, 1024)
+    print(f"SPARSE_MAX_DENSITY = {SPARSE_MAX_DENSITY}; dense / sparse time per step (> 1: the sparse step pays)")
+    for d_sae in widths:
+        for l0 in l0s:
+            sae = make_sae("standard", 128, d_sae)
+            with torch.no_grad():                            # about l0 of d_sae latents fire per token
+                pi = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+                sae.b_enc -= torch.quantile(pi, 1 - l0 / d_sae, dim=0)
+            fns = {"dense": training_loss(sae, torch.device("cpu"), max_density=0.0),
+                   "picked": training_loss(sae, torch.device("cpu"), max_density=1.0)}
+            times: dict[str, list[float]] = {"dense": [], "picked": []}
+            for r in range(reps + 1):
+                for name in (("dense", "picked") if r % 2 else ("picked", "dense")):
+                    t0 = time.perf_counter()
+                    fns[name](x, 0.01).loss.backward()
+                    times[name].append(time.perf_counter() - t0)
+                    sae.zero_grad()
+            dense, sparse = statistics.median(times["dense"][1:]), statistics.median(times["picked"][1:])
+            print(f"  d_sae {d_sae:5d}  L0 {l0:4d} (density {l0 / d_sae:.3f})  dense {1e3 * dense:7.2f} ms  "
+                  f"sparse {1e3 * sparse:7.2f} ms  dense/sparse {dense / sparse:5.2f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=("default", "bench", "both"), default="both")
@@ -209,8 +238,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="override the steps per run of every size")
     p.add_argument("--profile", choices=FAMILIES, default=None, help="cProfile one train_sae run instead")
     p.add_argument("--breakdown", action="store_true", help="time each part the loop adds, in isolation")
+    p.add_argument("--crossover", action="store_true", help="sparse vs dense step at d_sae 512/1024/2048")
     args = p.parse_args()
     sizes = ("default", "bench") if args.size == "both" else (args.size,)
+    if args.crossover:
+        crossover()
+        return
     if args.breakdown:
         for s in sizes:
             for family in args.families:

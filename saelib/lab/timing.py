@@ -26,6 +26,8 @@ from saelib.files import atomic_write_json, read_json
 from saelib.lab.paths import output_dir
 
 CATEGORIES = ("sae_training", "activation_extraction", "lm_evaluation", "plotting")
+_SHORT = {"sae_training": "training", "activation_extraction": "extraction", "lm_evaluation": "LM eval",
+          "plotting": "plotting"}
 ENV = "SAELIB_NOTEBOOK"
 
 _totals: dict[tuple[str, str], dict] = {}          # (scale, notebook) -> what this process has recorded
@@ -66,7 +68,7 @@ def timed(category: str, *, scale: str, saes: int = 0, tokens: int = 0) -> Itera
 def table(scale: str, wall: dict[str, float]) -> str:
     """The end-to-end table for notebooks `wall` (name -> wall seconds), in that order, and the total."""
     head = (f"{'notebook':34s} {'wall s':>7s} {'SAEs':>5s} {'SAE tok/s':>10s} "
-            + " ".join(f"{c[:10]:>10s}" for c in CATEGORIES) + f" {'other':>6s}")
+            + " ".join(f"{_SHORT[c]:>10s}" for c in CATEGORIES) + f" {'other':>6s}")
     lines, total, total_wall = [head, "-" * len(head)], _empty(), 0.0
     for name, seconds in wall.items():
         path = timing_path(scale, name)
