@@ -13,8 +13,8 @@ Two runs from the same initial SAE (same seed, same data, same constant lr and s
          dead-feature tracking and resampling where the family uses it (standard, Gated)
 
 The loop's settings follow the notebook layer (saelib.lab.experiments.train_config): a history row
-every steps // 50, resampling 3 times per run. The resample pool is scaled so that it is the same share
-of the run as at the default scale (16 batches per 375 steps), at least one batch.
+every steps // 50 (at least 6 steps apart), resampling 3 times per run. The resample pool is scaled so
+that it is the same share of the run as at the default scale (16 batches per 375 steps), at least one batch.
 
 Sizes: "default" = d_in 128, d_sae 512, batch 1024, 1 thread (the notebooks' default scale);
        "bench"   = d_in 512, d_sae 4096, batch 4096, 2 threads (benchmarks/train_step.py).
@@ -22,6 +22,9 @@ Sizes: "default" = d_in 128, d_sae 512, batch 1024, 1 thread (the notebooks' def
 How it measures: the machine may be shared, so every repeat runs bare and loop back to back for each
 family (the order alternates between repeats); the printed ratio is the median over repeats of the
 per-repeat loop / bare ratio. Each run is timed end to end (perf_counter around the whole call).
+--within takes the ratio from one profiled train_sae run instead: its total time over the time spent in
+the bare step's own calls (loss function, backward, Adam step, zero_grad), which load hits alike step by
+step (the robust number on a busy machine).
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from saelib.train import TrainConfig, train_sae  # noqa: E402
 try:
     from saelib.fast import training_loss  # noqa: E402
 except ImportError:                                                  # older checkouts: the model's own loss
-    def training_loss(sae, device=None):  # type: ignore[no-redef]
+    def training_loss(sae, device=None, **kwargs):  # type: ignore[no-redef,misc]
         return sae.loss
 
 SIZES = {"default": dict(d_in=128, d_sae=512, batch=1024, threads=1, steps=300),
@@ -78,7 +81,7 @@ def loop_config(family: str, size: dict) -> TrainConfig:
     steps, batch = size["steps"], size["batch"]
     pool_batches = max(1, round(16 * steps / 1500))
     return TrainConfig(total_steps=steps, batch_size=batch, lr=1e-3, sparsity_coeff=LAMBDA[family],
-                       log_every=max(1, steps // 50), progress=False, resample_every=max(1, steps // 4),
+                       log_every=max(6, steps // 50), progress=False, resample_every=max(1, steps // 4),
                        resample_pool=pool_batches * batch, device="cpu", seed=0)
 
 
@@ -230,6 +233,45 @@ def crossover(widths=(512, 1024, 2048), l0s=(8, 16, 32, 64, 128), reps: int = 9)
                   f"sparse {1e3 * sparse:7.2f} ms  dense/sparse {dense / sparse:5.2f}", flush=True)
 
 
+def within(family: str, size_name: str, steps: int | None) -> float:
+    """loop / bare from ONE train_sae run under cProfile: total time over the time spent in the bare step's
+    own calls (the loss function, backward, Adam's step, zero_grad). Load from other processes hits both
+    parts alike, step by step, so this needs no pairing; cProfile's own cost falls on Python calls (both
+    parts), so the ratio is if anything overstated."""
+    import cProfile
+    import pstats
+
+    size = dict(SIZES[size_name])
+    if steps:
+        size["steps"] = steps
+    torch.set_num_threads(size["threads"])
+    data = make_data(size["d_in"], size["batch"] * 8)
+    sae, cfg = make_sae(family, size["d_in"], size["d_sae"]), loop_config(family, size)
+    run_bare(copy.deepcopy(sae), data, TrainConfig(**{**cfg.to_dict(), "total_steps": 2,
+                                                       "adam_betas": cfg.adam_betas}))      # warm-up
+    prof = cProfile.Profile()
+    prof.enable()
+    t0 = time.perf_counter()
+    train_sae(sae, data, cfg)
+    total = time.perf_counter() - t0
+    prof.disable()
+    step, parts = 0.0, {}
+    for (filename, _, name), (_, _, _, cumulative, _) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        if ((filename.endswith("training/loop.py") and name == "forward")            # the loss function
+                or (filename.endswith("torch/_tensor.py") and name == "backward")       # out.loss.backward()
+                or (filename.endswith("optim/adam.py") and name == "step")
+                or (filename.endswith("optim/optimizer.py") and name == "zero_grad")):
+            step += cumulative
+            parts[name] = parts.get(name, 0.0) + cumulative
+    if len(parts) != 4:
+        raise RuntimeError(f"found only {sorted(parts)} of the bare step's calls in the profile")
+    ratio = total / step
+    print(f"{size_name:8s} {family:9s} steps={size['steps']:4d} threads={size['threads']}  "
+          f"total {1e3 * total / size['steps']:8.2f} ms/step  of which bare-step calls "
+          f"{1e3 * step / size['steps']:8.2f} ms/step  loop/bare {ratio:.3f}", flush=True)
+    return ratio
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=("default", "bench", "both"), default="both")
@@ -239,8 +281,13 @@ def main() -> None:
     p.add_argument("--profile", choices=FAMILIES, default=None, help="cProfile one train_sae run instead")
     p.add_argument("--breakdown", action="store_true", help="time each part the loop adds, in isolation")
     p.add_argument("--crossover", action="store_true", help="sparse vs dense step at d_sae 512/1024/2048")
+    p.add_argument("--within", action="store_true", help="loop/bare from one profiled run per family")
     args = p.parse_args()
     sizes = ("default", "bench") if args.size == "both" else (args.size,)
+    if args.within:
+        worst = max(within(f, s, args.steps) for s in sizes for f in args.families)
+        print(f"worst loop/bare ratio: {worst:.3f} ({'<=' if worst <= 1.10 else '>'} 1.10)")
+        return
     if args.crossover:
         crossover()
         return
