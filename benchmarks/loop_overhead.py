@@ -152,6 +152,13 @@ def profile(family: str, size_name: str, steps: int | None) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
+def schedules(adam, lr_multiplier, sparsity_coeff_at) -> None:
+    lr = 1e-3 * lr_multiplier(5, 300, 50, 0)
+    sparsity_coeff_at(5, 0.1, 0)
+    for group in adam.param_groups:
+        group["lr"] = lr
+
+
 def breakdown(family: str, size_name: str, reps: int = 30) -> None:
     """Per-step cost of each thing the loop adds to the bare step, timed in isolation (medians)."""
     from saelib.training.batches import TensorBatches
@@ -180,9 +187,7 @@ def breakdown(family: str, size_name: str, reps: int = 30) -> None:
     out = loss_fn(x, LAMBDA[family])
     out.loss.backward()                                       # gradients present for the decoder hooks
     parts = {"batch sampling (index_select)": source.next_batch,
-             "schedules (lr, lambda, param groups)": lambda: [
-                 lr_multiplier(5, 300, 50, 0), sparsity_coeff_at(5, 0.1, 0),
-                 [g.__setitem__("lr", 1e-3) for g in adam.param_groups]],
+             "schedules (lr, lambda, param groups)": lambda: schedules(adam, lr_multiplier, sparsity_coeff_at),
              "NaN/inf check of the loss terms": lambda: check_finite(1, 0, "", out=out),
              "NaN/inf check of the parameters": lambda: check_finite(1, 0, "", params=params),
              "decoder hooks (before + after)": lambda: (sae.before_optimizer_step(), sae.after_optimizer_step()),
@@ -255,7 +260,7 @@ def within(family: str, size_name: str, steps: int | None) -> float:
     train_sae(sae, data, cfg)
     total = time.perf_counter() - t0
     prof.disable()
-    step, parts = 0.0, {}
+    step, parts = 0.0, {}  # type: float, dict[str, float]
     for (filename, _, name), (_, _, _, cumulative, _) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
         if ((filename.endswith("training/loop.py") and name == "forward")            # the loss function
                 or (filename.endswith("torch/_tensor.py") and name == "backward")       # out.loss.backward()
