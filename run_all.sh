@@ -71,7 +71,14 @@ for nb in "${notebooks[@]}"; do
 done
 
 readme_arg=(); [ "$scale" = default ] && readme_arg=(--readme README.md)   # README carries the default table
-"$PY" -m saelib.lab.claims --scale "$scale" "${readme_arg[@]}" >/dev/null && echo "claims table: $("$PY" -c "from saelib.lab.paths import figures_dir; print(figures_dir('$scale') / 'CLAIMS.md')")"
+# with --only on a fresh outputs/ folder, the claims of the other notebooks are missing: leave the committed
+# table as it is rather than shrink it to the notebooks that ran
+all_nbs=(notebooks/[0-9][0-9]_*.ipynb); have=("$out"/claims/*.json)
+if [ ${#only[@]} -gt 0 ] && [ ! -e "${have[0]}" -o ${#have[@]} -lt ${#all_nbs[@]} ]; then
+  echo "claims table: not refreshed (claims of ${#have[@]} of ${#all_nbs[@]} notebooks in $out/claims; run without --only)"
+else
+  "$PY" -m saelib.lab.claims --scale "$scale" "${readme_arg[@]}" >/dev/null && echo "claims table: $("$PY" -c "from saelib.lab.paths import figures_dir; print(figures_dir('$scale') / 'CLAIMS.md')")"
+fi
 # the static site from the executed notebooks (default scale: the committed ones -> site/; else $out/site)
 if [ "$build_site" = 1 ]; then
   if "$PY" -c "import mkdocs_jupyter, material, latex2mathml" 2>/dev/null; then
