@@ -57,6 +57,7 @@ def tex_to_mathml(markdown: str) -> str:
             mathml = convert(tex.strip(), display="block" if block else "inline")
         except Exception:                                   # noqa: BLE001 - any parser failure: show the TeX
             return f"`{tex}`"
+        mathml = VARIANT.sub(_unicode_variant, mathml)
         return f"\n\n{mathml}\n\n" if block else mathml
 
     out, last = [], 0
@@ -67,6 +68,20 @@ def tex_to_mathml(markdown: str) -> str:
 
 
 NOTEBOOK_LINK = re.compile(r"\]\((\d\d_[\w-]+)\.ipynb(#[^)]*)?\)")
+
+
+# MathML Core (what Chromium renders) ignores mathvariant other than "normal": spell \mathbb and \mathcal
+# letters with their Unicode mathematical alphanumerics instead.
+_SPECIAL = {"double-struck": {"C": "ℂ", "H": "ℍ", "N": "ℕ", "P": "ℙ", "Q": "ℚ", "R": "ℝ", "Z": "ℤ"},
+            "script": {"B": "ℬ", "E": "ℰ", "F": "ℱ", "H": "ℋ", "I": "ℐ", "L": "ℒ", "M": "ℳ", "R": "ℛ"}}
+_BASE = {"double-struck": 0x1D538, "script": 0x1D49C}
+VARIANT = re.compile(r'<mi mathvariant="(double-struck|script)">([A-Z])</mi>')
+
+
+def _unicode_variant(m: re.Match) -> str:
+    kind, letter = m.group(1), m.group(2)
+    char = _SPECIAL[kind].get(letter) or chr(_BASE[kind] + ord(letter) - ord("A"))
+    return f"<mi>{char}</mi>"
 
 
 def copy_notebook(path: Path, dest: Path) -> None:
