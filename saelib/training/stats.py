@@ -32,6 +32,13 @@ def check_finite(step: int, last_ok: int, where: str, out=None, params: dict | N
     else:
         assert params is not None
         names = [f"parameter {n}" for n in params]
+        # a NaN or inf anywhere in a parameter makes its sum non-finite: one pass, no [param]-sized mask
+        # (on a CPU this check runs every step). Only a non-finite sum, which may also be a finite overflow,
+        # is looked at element by element.
+        with torch.no_grad():
+            sums = torch.stack([p.sum() for p in params.values()])                             # [n_params]
+        if not any(D.all_reduce((~torch.isfinite(sums)).float(), op="max").tolist()):
+            return
         flags = torch.stack([~torch.isfinite(p).all() for p in params.values()])               # [n_params]
     found = D.all_reduce(flags.float(), op="max").tolist()
     bad = [n for n, flag in zip(names, found, strict=True) if flag]
