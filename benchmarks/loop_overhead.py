@@ -23,8 +23,8 @@ How it measures: the machine may be shared, so every repeat runs bare and loop b
 family (the order alternates between repeats); the printed ratio is the median over repeats of the
 per-repeat loop / bare ratio. Each run is timed end to end (perf_counter around the whole call).
 --within takes the ratio from one profiled train_sae run instead: its total time over the time spent in
-the bare step's own calls (loss function, backward, Adam step, zero_grad), which load hits alike step by
-step (the robust number on a busy machine).
+the bare step's own calls (loss function, backward, Adam's step and zero_grad with torch's wrappers), which
+load hits alike step by step (the robust number on a busy machine).
 """
 from __future__ import annotations
 
@@ -264,8 +264,8 @@ def within(family: str, size_name: str, steps: int | None) -> float:
     for (filename, _, name), (_, _, _, cumulative, _) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
         if ((filename.endswith("training/loop.py") and name == "forward")            # the loss function
                 or (filename.endswith("torch/_tensor.py") and name == "backward")       # out.loss.backward()
-                or (filename.endswith("optim/adam.py") and name == "step")
-                or (filename.endswith("optim/optimizer.py") and name == "zero_grad")):
+                or (filename.endswith("optim/optimizer.py") and name == "wrapper")     # adam.step()
+                or (filename.endswith("torch/_compile.py") and name == "inner")):      # adam.zero_grad()
             step += cumulative
             parts[name] = parts.get(name, 0.0) + cumulative
     if len(parts) != 4:
