@@ -37,7 +37,7 @@ def _models():
 @pytest.mark.parametrize("kind", ["relu", "gated", "jumprelu", "topk"])
 def test_no_host_sync_in_an_ordinary_step_off_the_cpu(kind, monkeypatch):
     sae = _models()[kind]
-    calls: list[str] = []
+    calls = []                                   # one entry per sync call from saelib
 
     def counting(name, original):
         def wrapper(self, *args, **kwargs):
@@ -52,7 +52,7 @@ def test_no_host_sync_in_an_ordinary_step_off_the_cpu(kind, monkeypatch):
 
     # the device-dependent choices as on a GPU: checks every log_every steps, the step saelib.fast picks there
     choose = loop.training_loss
-    step_starts: list[int] = []
+    step_starts = []
 
     def chooser(model, device):
         fn = choose(model, torch.device("cuda"))
