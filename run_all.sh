@@ -4,6 +4,7 @@
 #
 #   ./run_all.sh                    # default scale: the embedded reproduction (regenerates figures/)
 #   ./run_all.sh --scale smoke      # seconds per notebook (CI); writes under outputs/smoke/
+#   ./run_all.sh --scale long       # the default notebooks with longer budgets (hours on CPU; outputs/long/)
 #   ./run_all.sh --scale paper      # the papers' models and budgets (GPU and a model hub needed)
 #   ./run_all.sh --only 04          # one notebook (repeatable: --only 02 --only 03)
 #   ./run_all.sh --no-html          # skip the nbconvert renders
@@ -20,12 +21,12 @@ while [ $# -gt 0 ]; do
     --only=*) only+=("${1#*=}"); shift ;;
     --no-html) html=0; shift ;;
     --no-site) build_site=0; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown argument '$1' (allowed: --scale smoke|default|paper, --only NN, --no-html)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1' (allowed: --scale smoke|default|long|paper, --only NN, --no-html)" >&2; exit 2 ;;
   esac
 done
-case "$scale" in smoke|default|paper) ;; *)
-  echo "run_all.sh: --scale '$scale' is not allowed; allowed values: smoke, default, paper" >&2; exit 2 ;;
+case "$scale" in smoke|default|long|paper) ;; *)
+  echo "run_all.sh: --scale '$scale' is not allowed; allowed values: smoke, default, long, paper" >&2; exit 2 ;;
 esac
 
 source scripts/ensure_env.sh || exit 1
