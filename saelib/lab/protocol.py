@@ -41,8 +41,6 @@ family and says so (`lr_source`).
 """
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -53,7 +51,7 @@ from saelib.train import TrainConfig
 from saelib.validation import check_choice, check_positive
 
 if TYPE_CHECKING:  # pragma: no cover
-    from saelib.lab.experiments import RunResult, SAESpec, Site
+    from saelib.lab.experiments import SAESpec
 
 FAMILIES = ("standard", "gated", "jumprelu", "topk")   # the families the LR sweep tunes by default
 UNTUNED_LR = 1e-3                      # used only by a Protocol whose learning rates were not swept
@@ -220,38 +218,6 @@ def show_protocol(protocol: Protocol, scale: Scale, specs: Iterable[SAESpec] = (
 
 # ----------------------------------------------------------------------------- the learning-rate sweep
 
-def held_out_objective(sae, x, sparsity_coeff: float, chunk: int = 4096) -> float:
-    """The training loss (`sae.loss(x, sparsity_coeff).loss`: reconstruction + lambda * sparsity + aux) on
-    held-out activations x [tokens, d_in], averaged over chunks weighted by their size."""
-    import torch
-
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], chunk):
-            xb = x[i:i + chunk]
-            total += float(sae.loss(xb, sparsity_coeff=sparsity_coeff).loss) * xb.shape[0]
-            n += xb.shape[0]
-    return total / max(1, n)
-
-
-def lr_sweep_point(family: str, site: Site) -> SAESpec:
-    """The LR sweep's operating point for `family`: the middle spec of its shared frontier at the site's scale."""
-    from saelib.lab.experiments import default_max_k, frontier_specs
-
-    specs = frontier_specs(family, site.scale.sweep_points, max_k=default_max_k(site))
-    return specs[len(specs) // 2]
-
-
-def lr_sweep_specs(family: str, site: Site, candidates: Sequence[float] = LR_CANDIDATES) -> list[SAESpec]:
-    """The sweep's specs for one family: its operating point at every candidate learning rate."""
-    point = lr_sweep_point(family, site)
-    return [replace(point, train={**point.train, "lr": float(lr)}) for lr in candidates]
-
-
-def lr_sweep_seeds(scale: Scale) -> tuple[int, ...]:
-    """The LR sweep's seeds: the first n_seeds - 1 of the claims' seeds, at least one."""
-    return tuple(range(max(1, scale.n_seeds - 1)))
-
 
 def check_seeds(seeds: Sequence[int] | None, scale: Scale, name: str = "seeds") -> tuple[int, ...]:
     """A notebook's `seeds` parameter: None -> the scale's (0 .. n_seeds - 1); otherwise distinct integers >= 0."""
@@ -270,85 +236,15 @@ def check_seeds(seeds: Sequence[int] | None, scale: Scale, name: str = "seeds") 
     return tuple(int(s) for s in values)
 
 
-def _point_text(spec: SAESpec) -> str:
-    return f"k={spec.options['k']}" if "k" in spec.options else f"lambda={spec.sparsity_coeff:.3g}"
-
-
-@dataclass
-class LRSweep:
-    """What `lr_sweep` measured: one row per (family, lr) with mean and sd over seeds, and the choice."""
-
-    rows: list[dict]
-    chosen: dict[str, float]
-    protocol: Protocol
-    runs: list[RunResult]
-    seeds: tuple[int, ...]
-
-    def table(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
-
-
-def lr_sweep(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] | None = None,
-             families: Sequence[str] = FAMILIES, candidates: Sequence[float] = LR_CANDIDATES,
-             progress: bool = True) -> LRSweep:
-    """Train every family at every candidate learning rate at its operating point (lr_sweep_point; seeds:
-    lr_sweep_seeds(scale) unless given; cached runs load instantly) and choose, per family, the rate with the
-    lowest mean held-out objective.
-
-    The returned `.protocol` is `base` with `lrs` set to the choices and `lr_source` saying so. A choice at
-    the edge of the candidate grid is flagged in the rows ("edge"): widen `candidates` to see past it."""
-    from saelib.lab.experiments import sweep
-
-    base = base or Protocol()
-    seeds = lr_sweep_seeds(site.scale) if seeds is None else tuple(seeds)
-    specs = [s for fam in families for s in lr_sweep_specs(fam, site, candidates)]
-    # each candidate rate is the spec's own lr override; the base protocol provides everything else
-    runs = sweep(site, specs, seeds=tuple(seeds), protocol=base, progress=progress)
-    grouped: dict[tuple[str, float], list[RunResult]] = {}
-    for r in runs:
-        grouped.setdefault((r.spec.architecture, float(r.spec.train["lr"])), []).append(r)
-    rows, chosen = [], {}
-    for fam in families:
-        fam_rows = []
-        for lr in candidates:
-            rs = grouped[(fam, float(lr))]
-            row: dict[str, Any] = {"family": fam, "lr": float(lr), "n_seeds": len(rs),
-                                   "operating point": _point_text(rs[0].spec)}
-            for metric in ("objective", "l0", "delta_lm_loss", "fvu"):
-                values = [float(r.metrics[metric]) for r in rs if metric in r.metrics]
-                if values:
-                    row[metric] = statistics.fmean(values)
-                    row[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
-            fam_rows.append(row)
-        best = min(fam_rows, key=lambda row: row["objective"])
-        chosen[fam] = best["lr"]
-        for row in fam_rows:
-            row["chosen"] = row is best
-            row["edge"] = row is best and best["lr"] in (min(candidates), max(candidates))
-        rows += fam_rows
-    source = (f"chosen by the LR sweep: lowest held-out objective, mean of {len(seeds)} seed(s), at one operating "
-              f"point per family, candidates {', '.join(f'{c:g}' for c in candidates)}")
-    protocol = replace(base, lrs={**dict(base.lrs), **chosen}, lr_source=source)
-    return LRSweep(rows, chosen, protocol, runs, tuple(seeds))
-
-
-def tuned_protocol(site: Site, base: Protocol | None = None, *, seeds: Sequence[int] | None = None,
-                   families: Sequence[str] = FAMILIES, progress: bool = True) -> Protocol:
-    """`lr_sweep(site, base, seeds=seeds).protocol`: the protocol with every family's swept learning rate."""
-    return lr_sweep(site, base, seeds=seeds, families=families, progress=progress).protocol
-
-
-def notebook_protocol(site: Site, changes: Mapping[str, Any] | None = None, *, progress: bool = True
-                      ) -> tuple[Protocol, LRSweep | None]:
-    """The protocol a notebook trains with, from its `protocol_changes` parameter (a dict of Protocol fields):
-    Protocol(**changes) with every family's learning rate from `lr_sweep` under that same protocol (cached:
-    the first notebook to ask trains the sweep, the others load it). When `changes` gives "lrs" (every family's
-    rate by hand), no sweep runs and lr_source says so. Returns (protocol, the sweep or None)."""
-    changes = dict(changes or {})
-    if "lrs" in changes:
-        changes.setdefault("lr_source", "given by hand in protocol_changes")
-        return make_protocol(changes), None
-    tuning = lr_sweep(site, make_protocol(changes), progress=progress)
-    return tuning.protocol, tuning
+# The LR sweep that picks each family's learning rate lives in saelib/lab/lr_sweep.py; re-exported here so that
+# `from saelib.lab.protocol import notebook_protocol, lr_sweep, ...` keeps working.
+from saelib.lab.lr_sweep import (  # noqa: E402,F401
+    LRSweep,
+    held_out_objective,
+    lr_sweep,
+    lr_sweep_point,
+    lr_sweep_seeds,
+    lr_sweep_specs,
+    notebook_protocol,
+    tuned_protocol,
+)
