@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from saelib.validation import check_choice, check_positive, check_range
+from saelib.validation import check_choice, check_positive, check_range, check_seed
 
 # Config fields that may differ between a run and its resumption (they do not change the weights).
 RESUMABLE_CHANGES = frozenset({"log_every", "progress", "checkpoint_dir", "checkpoint_every", "keep_checkpoints",
@@ -124,8 +124,7 @@ class TrainConfig:
         check_choice("precision", self.precision, ("fp32", "bf16"))
         if self.check_finite_every is not None:
             check_positive("check_finite_every", self.check_finite_every, integer=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
+        check_seed(self.seed)
 
     @property
     def n_steps(self) -> int:
