@@ -75,7 +75,7 @@ def test_unknown_kernel_stops_at_validation(tmp_path, monkeypatch):
 
 
 def test_negative_coefficient_stops_at_validation(tmp_path, monkeypatch):
-    message = _error_of(_notebook("03"), tmp_path, monkeypatch, scale="smoke", sparsity_coeffs=[0.1, -1.0])
+    message = _error_of(_notebook("05"), tmp_path, monkeypatch, scale="smoke", sparsity_coeffs=[0.1, -1.0])
     assert "sparsity_coeffs" in message
 
 
