@@ -32,6 +32,9 @@ esac
 source scripts/ensure_env.sh || exit 1
 # batch runs: no progress bars in the saved outputs (saelib.progress), so a rerun leaves no debris or diff
 export SAELIB_PROGRESS=0
+# SAEs a sweep does not find in the run cache train in parallel worker processes, one thread each
+# (saelib.lab.workers; SAELIB_WORKERS=1 trains them in each notebook's own process)
+echo "SAE training: $("$PY" -c 'from saelib.lab.workers import n_workers; print(n_workers())') worker process(es) of one thread (SAELIB_WORKERS to change)"
 out="${SAELIB_OUTPUT_DIR:-outputs}/$scale"
 mkdir -p "$out/executed" "$out/html" "$out/claims"
 

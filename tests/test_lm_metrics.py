@@ -8,7 +8,7 @@ from saelib.data.activations import kept_activations
 from saelib.data.embedded_model import lm_loss
 from saelib.data.normalization import estimate_scale
 from saelib.data.registry import get_tokenizer, load_model, load_text_dataset, model_tokenize
-from saelib.eval.lm_metrics import evaluate_lm, loss_recovered
+from saelib.eval.lm_metrics import evaluate_lm, lm_reference, loss_recovered
 from saelib.models.relu import ReLUSAE
 
 # zero-ablating each of these raises the embedded model's CE (measured: resid ~6.9, block-0 hook_z ~1.3,
@@ -87,6 +87,21 @@ def test_clean_ce_is_the_models_loss_and_the_shortcut_is_exact(model, tokens):
     with torch.no_grad():
         full = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[("blocks.3.hook_resid_mid", zero)])
     assert result.ce_zero == pytest.approx(full.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("keep_resid", [True, False])
+def test_a_shared_reference_gives_the_same_numbers(model, tokens, keep_resid):
+    """lm_reference (the clean and zero runs, computed once per site) changes nothing in the result."""
+    torch.manual_seed(0)
+    hook = "blocks.1.hook_resid_post"
+    sae = ReLUSAE(model.cfg.d_model, 4 * model.cfg.d_model)
+    scale = site_scale(model, tokens, hook)
+    plain = evaluate_lm(model, sae, hook, tokens, scale=scale, batch_size=7)
+    ref = lm_reference(model, hook, tokens, batch_size=7, keep_resid=keep_resid)
+    shared = evaluate_lm(model, sae, hook, tokens, scale=scale, batch_size=7, reference=ref)
+    assert shared == plain
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_lm(model, sae, hook, tokens, scale=scale, batch_size=8, reference=ref)
 
 
 def test_padding_is_not_scored(model, tokens):

@@ -228,10 +228,16 @@ def test_check_seeds_defaults_to_the_scale_and_refuses_bad_values():
     assert check_seeds(None, get_scale("default")) == (0, 1, 2)
     assert check_seeds(None, SCALE) == (0, 1)
     assert check_seeds([4, 7], SCALE) == (4, 7)
-    assert lr_sweep_seeds(get_scale("default")) == (0, 1) and lr_sweep_seeds(SCALE) == (0,)
+    assert lr_sweep_seeds(get_scale("default")) == (0,) and lr_sweep_seeds(SCALE) == (0,)
     for bad in ([], [0, 0], [-1], [1.5], "012", 3):
         with pytest.raises(ValueError, match="seeds"):
             check_seeds(bad, SCALE)
+
+
+def test_claim_scales_train_on_distinct_activations_at_1x():
+    for name in ("default", "long"):
+        scale = get_scale(name)
+        assert scale.train_tokens >= scale.batch_size * scale.train_steps, name
 
 
 def test_middle_points():

@@ -91,6 +91,18 @@ def test_batchtopk_auxk_reconstructs_the_residual_with_dead_latents():
     assert out.loss.item() == pytest.approx(out.reconstruction.item() + out.aux.item())
 
 
+def test_batchtopk_trains_without_a_sparsity_coefficient():
+    # like TopK, BatchTopK has no sparsity penalty: TrainConfig needs no sparsity_coeff for it
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(8, 16, k=2)
+    history = train_sae(sae, torch.randn(256, 8), TrainConfig(total_steps=4, batch_size=32, log_every=2,
+                                                             progress=False, device="cpu"))
+    assert history[-1]["sparsity_coeff"] == 0.0
+    with pytest.raises(ValueError, match="sparsity_coeff is required"):
+        train_sae(JumpReLUSAE(8, 16), torch.randn(64, 8), TrainConfig(total_steps=1, batch_size=32, progress=False,
+                                                                      device="cpu"))
+
+
 def test_batchtopk_save_load_keeps_the_threshold(tmp_path):
     torch.manual_seed(0)
     sae = create_sae("batchtopk", 6, 12, k=2.5, threshold_lr=0.1)

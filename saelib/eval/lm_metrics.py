@@ -81,30 +81,101 @@ def _block_index(model, hook_name: str) -> int | None:
     return int(match.group(1))
 
 
+@dataclass
+class LMReference:
+    """What every SAE's evaluation on the same (model, hook, tokens) shares, computed once by `lm_reference`:
+    per batch the residual entering the hook's block (to restart the SAE run there) and the clean and
+    zero-ablated CE sums. Passing it to `evaluate_lm` gives the same numbers with one partial forward per batch
+    instead of three."""
+
+    hook_name: str
+    n_rows: int
+    batch_size: int
+    resid: list            # per batch: [b, seq, d_model] residual entering the block, or None
+    clean_sums: list[float]
+    zero_sums: list[float]
+
+
+def _batches(model, hook_name, tokens, batch_size, exclude_token_ids, pad_token_id):
+    """(index, batch [b, seq], keep [b, seq], targets [b, seq-1]) over `tokens`."""
+    device = model.cfg.device
+    for i, start in enumerate(range(0, tokens.shape[0], batch_size)):
+        batch = tokens[start:start + batch_size].to(device)                       # [b, seq]
+        keep = keep_mask(batch, exclude_token_ids)                                # [b, seq] splice here
+        targets = batch[:, 1:] != pad_token_id                                    # [b, seq-1] score these
+        yield i, batch, keep, targets
+
+
+def _spliced_loss(model, hook_name, layer, batch, keep, replace, resid):
+    fwd_hooks = [(hook_name, _splice_hook(replace, keep))]
+    if layer is None:
+        return model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
+    return model.run_with_hooks(resid, start_at_layer=layer, tokens=batch, return_type="loss",
+                                loss_per_token=True, fwd_hooks=fwd_hooks)               # [b, seq-1]
+
+
+def _defaults(model, exclude_token_ids, pad_token_id):
+    if exclude_token_ids is None:
+        exclude_token_ids = default_exclude_token_ids(model)
+    if pad_token_id is None:
+        pad_token_id = special_token_ids(model)[1]
+    return exclude_token_ids, pad_token_id
+
+
+@torch.no_grad()
+def lm_reference(model, hook_name: str, tokens: torch.Tensor, *, batch_size: int = 16,
+                 exclude_token_ids: Sequence[int] | None = None, pad_token_id: int | None = None,
+                 keep_resid: bool = True) -> LMReference:
+    """The clean and zero-ablated runs of `evaluate_lm` (and the block inputs), for reuse across SAEs.
+    keep_resid=False keeps only the CE sums (the block inputs of a large model on many tokens take memory);
+    evaluate_lm then recomputes each block input with a forward that stops at the block."""
+    _check_tokens(tokens)
+    check_hook_name(model, hook_name)
+    check_positive("batch_size", batch_size, integer=True)
+    exclude_token_ids, pad_token_id = _defaults(model, exclude_token_ids, pad_token_id)
+    layer = _block_index(model, hook_name)
+    ref = LMReference(hook_name, tokens.shape[0], batch_size, [], [], [])
+    for _, batch, keep, targets in _batches(model, hook_name, tokens, batch_size, exclude_token_ids, pad_token_id):
+        stored: dict[str, torch.Tensor] = {}
+        fwd_hooks = [] if layer is None else [
+            (f"blocks.{layer}.hook_resid_pre", lambda act, hook, stored=stored: stored.setdefault("resid", act))]
+        clean = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
+        zero = _spliced_loss(model, hook_name, layer, batch, keep, torch.zeros_like, stored.get("resid"))
+        ref.resid.append(stored.get("resid") if keep_resid else None)
+        ref.clean_sums.append(clean[targets].double().sum().item())
+        ref.zero_sums.append(zero[targets].double().sum().item())
+    return ref
+
+
 @torch.no_grad()
 def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tensor, *, scale: float = 1.0,
                 batch_size: int = 16, exclude_token_ids: Sequence[int] | None = None,
-                pad_token_id: int | None = None, progress: bool = False) -> LMEvaluation:
+                pad_token_id: int | None = None, progress: bool = False,
+                reference: LMReference | None = None) -> LMEvaluation:
     """Clean, SAE-spliced and zero-ablated CE over `tokens` [n_seq, seq_len], batch_size sequences at a time.
 
     `scale` is the input scale s the SAE was trained with (1.0 for an SAE whose scale is folded in).
     The SAE replaces activations except at `exclude_token_ids` (default: BOS and padding); predictions
     of `pad_token_id` targets are left out of every CE (defaults: saelib.data.registry.get_tokenizer).
-    Raises ValueError (via `loss_recovered`) when zero-ablating the site does not raise the loss.
+    `reference`: lm_reference(model, hook_name, tokens, ...) computed once for many SAEs (same numbers, a third
+    of the forward passes). Raises ValueError (via `loss_recovered`) when zero-ablating the site does not raise
+    the loss.
     """
     _check_tokens(tokens)
     check_hook_name(model, hook_name)
     check_positive("scale", scale)
     check_positive("batch_size", batch_size, integer=True)
-    if exclude_token_ids is None:
-        exclude_token_ids = default_exclude_token_ids(model)
-    if pad_token_id is None:
-        pad_token_id = special_token_ids(model)[1]
-    device = model.cfg.device
+    exclude_token_ids, pad_token_id = _defaults(model, exclude_token_ids, pad_token_id)
+    if reference is None:
+        reference = lm_reference(model, hook_name, tokens, batch_size=batch_size,
+                                 exclude_token_ids=exclude_token_ids, pad_token_id=pad_token_id)
+    elif (reference.hook_name, reference.n_rows, reference.batch_size) != (hook_name, tokens.shape[0], batch_size):
+        raise ValueError(f"reference was computed for hook {reference.hook_name!r}, {reference.n_rows} rows, "
+                         f"batch_size {reference.batch_size}; this call has {hook_name!r}, {tokens.shape[0]} rows, "
+                         f"batch_size {batch_size}: compute it with lm_reference for the same arguments")
     sae_param = next(sae.parameters())
     metrics = MetricsAccumulator()
-    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    n_predictions = 0
+    sae_sum, n_predictions = 0.0, 0
     layer = _block_index(model, hook_name)
 
     def reconstruct(x):                                           # x: [n, d_in], model space
@@ -114,33 +185,20 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
         metrics.update(x_scaled, x_hat_scaled, f)
         return x_hat_scaled / scale                               # back to the model's space
 
-    for start in tqdm(range(0, tokens.shape[0], batch_size), desc="LM eval", disable=not progress):
-        batch = tokens[start:start + batch_size].to(device)                       # [b, seq]
-        keep = keep_mask(batch, exclude_token_ids)                                # [b, seq] splice here
-        targets = batch[:, 1:] != pad_token_id                                    # [b, seq-1] score these
+    batches = _batches(model, hook_name, tokens, batch_size, exclude_token_ids, pad_token_id)
+    for i, batch, keep, targets in tqdm(batches, desc="LM eval", disable=not progress,
+                                        total=len(reference.clean_sums)):
         n_predictions += int(targets.sum())
-
-        # clean run; keep the residual entering the hook's block to restart the other two runs there
-        stored: dict[str, torch.Tensor] = {}
-        fwd_hooks = []
-        if layer is not None:
-            fwd_hooks = [(f"blocks.{layer}.hook_resid_pre",
-                          lambda act, hook, stored=stored: stored.setdefault("resid", act))]
-        clean = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
-        sums["clean"] += clean[targets].double().sum().item()
-
-        for name, replace in (("sae", reconstruct), ("zero", torch.zeros_like)):
-            fwd_hooks = [(hook_name, _splice_hook(replace, keep))]
-            if layer is None:
-                loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
-            else:
-                loss = model.run_with_hooks(stored["resid"], start_at_layer=layer, tokens=batch,
-                                            return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
-            sums[name] += loss[targets].double().sum().item()                    # loss: [b, seq-1]
+        resid = reference.resid[i]
+        if resid is None and layer is not None:
+            resid = model(batch, stop_at_layer=layer)                             # [b, seq, d_model]
+        loss = _spliced_loss(model, hook_name, layer, batch, keep, reconstruct, resid)
+        sae_sum += loss[targets].double().sum().item()
 
     if n_predictions == 0:
         raise ValueError("tokens hold no next-token predictions of non-padding tokens")
-    ce = {k: v / n_predictions for k, v in sums.items()}
+    ce = {"clean": sum(reference.clean_sums) / n_predictions, "sae": sae_sum / n_predictions,
+          "zero": sum(reference.zero_sums) / n_predictions}
     recovered = loss_recovered(ce["clean"], ce["sae"], ce["zero"])              # raises if undefined
     m = metrics.compute()
     return LMEvaluation(ce_clean=ce["clean"], ce_sae=ce["sae"], ce_zero=ce["zero"],

@@ -229,18 +229,47 @@ def load_cached_run(path: Path, spec: SAESpec, *, device: str = "cpu") -> RunRes
 
 def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = True,
           force_retrain: bool | None = None, verbose: bool | None = None, seeds: Sequence[int] | None = None,
-          protocol: Protocol | None = None) -> list[RunResult]:
+          protocol: Protocol | None = None, workers: int | None = None) -> list[RunResult]:
     """run() every spec (cached ones load instantly); a progress bar over the sweep (interactive sessions
     only, see saelib.progress) and, with `verbose` (default: the same), one line saying how many were loaded
     and how many trained.
 
     seeds: train every spec at each of these seeds (instead of `seed`); the result is spec-major
     ([spec0 seed0, spec0 seed1, ..., spec1 seed0, ...]) and each RunResult (and its row()) carries its seed.
-    protocol: how to train every spec (saelib.lab.protocol.Protocol; None: Protocol())."""
+    protocol: how to train every spec (saelib.lab.protocol.Protocol; None: Protocol()).
+    workers: processes that train the runs missing from the cache (saelib.lab.workers; None: n_workers(), 1:
+    train them here); the results are the same either way."""
+    from saelib.lab.workers import n_workers, train_missing
+
+    if force_retrain is None:
+        force_retrain = force_retrain_default()
     seed_list = [seed] if seeds is None else [int(s) for s in seeds]
     jobs = [(spec, s) for spec in specs for s in seed_list]
-    results = [run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
-               for spec, s in tqdm(jobs, desc="SAEs", disable=not progress)]
+    workers = n_workers() if workers is None else workers
+    check_positive("workers", workers, integer=True)
+    missing: list[tuple[SAESpec, int, bool]] = []
+    keys: list[str] = []                                 # the run keys of `missing`
+    for spec, s in (jobs if workers > 1 else []):        # one worker: run() below trains what is missing
+        key = run_key(site, spec, train_config(spec, site.scale, s, protocol), effective_options(spec, protocol))
+        force = force_retrain and key not in _RETRAINED
+        if key not in keys and (force or not (output_dir(site.scale.name) / "runs" / key / "metrics.json").exists()):
+            missing.append((spec, s, force))
+            keys.append(key)
+    bar = tqdm(total=len(jobs), desc="SAEs", disable=not progress)
+    in_workers: set[str] = set()
+    if workers > 1 and len(missing) > 1 and train_missing(site, missing, protocol, workers=workers,
+                                                          progress_bar=bar):
+        in_workers = set(keys)
+        _RETRAINED.update(k for k, (_, _, force) in zip(keys, missing, strict=True) if force)
+    results = []
+    for spec, s in jobs:
+        result = run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
+        if in_workers and result.path.name in in_workers:
+            result.loaded = False                        # trained just now, in a worker process
+        else:
+            bar.update(1)
+        results.append(result)
+    bar.close()
     if verbose is None:
         verbose = progress_enabled()
     if verbose and results:

@@ -3,8 +3,13 @@
 smoke    CI: seconds per notebook on 2 CPU cores; tiny SAEs, a couple of sweep points.
 default  the embedded reproduction: the whole of run_all.sh in well under an hour on 2 CPU cores.
 paper    GPU, the papers' models and token budgets (batch 4096, 16x-32x expansion, ~10^8+ tokens).
-long     CPU, optional (hours): the default site and SAEs with 4x the training steps (and 2.7x the distinct
+long     CPU, optional (hours): the default site and SAEs with 4x the training steps (and 4x the distinct
          training tokens), to see whether a default-scale verdict changes when the frontiers have moved further.
+
+The CPU scales that make claims (default, long) cache at least as many distinct training activations as one SAE
+trains on at the 1x budget (train_tokens >= batch_size * train_steps), so a 1x run sees each activation at most
+once and a longer budget (Protocol.budget) measures longer training, not only repetition of a small sample
+(smoke only shows that the notebooks run; paper reads a hub model, where a streaming buffer is the usual choice).
 
 Every compared point of a claim is trained at `n_seeds` seeds (3 at default; 2 at smoke, which only shows
 that the notebooks run).
@@ -51,9 +56,9 @@ PRESETS = {
                    expansion=2, sweep_points=2, probe_examples=300, n_seeds=2),
     # 4 points per frontier x 3 seeds: log-log interpolation between them (saelib.lab.pareto); the equal-L0
     # comparisons need the seeds more than a fifth point at this budget
-    "default": Scale("default", train_tokens=393_216, eval_tokens=32_768, batch_size=1024, train_steps=1500,
+    "default": Scale("default", train_tokens=1_572_864, eval_tokens=32_768, batch_size=1024, train_steps=1500,
                      expansion=4, sweep_points=4, probe_examples=1200),
-    "long": Scale("long", train_tokens=1_048_576, eval_tokens=32_768, batch_size=1024, train_steps=6000,
+    "long": Scale("long", train_tokens=6_291_456, eval_tokens=32_768, batch_size=1024, train_steps=6000,
                   expansion=4, sweep_points=4, probe_examples=1200),
     "paper": Scale("paper", train_tokens=50_000_000, eval_tokens=1_048_576, batch_size=4096,
                    train_steps=100_000, expansion=16, sweep_points=8, probe_examples=1000),

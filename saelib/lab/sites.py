@@ -28,6 +28,11 @@ class Site:
     def extra_metrics(self, sae: SAE) -> dict:
         return {}
 
+    def recipe(self) -> dict | None:
+        """How a worker process rebuilds this site (saelib.lab.workers): {"kind", "kwargs", "key"}; None when it
+        cannot be rebuilt from plain arguments."""
+        return None
+
 
 def model_fingerprint(model: torch.nn.Module, max_elements: int = 50_000_000) -> str:
     """A short hash of a model's weights (names, shapes, values), part of every LM cache key.
@@ -57,7 +62,7 @@ class LMSite(Site):
         from saelib.data.registry import load_model
 
         self.model_name, self.hook, self.scale, self.seed = model_name, hook, scale, seed
-        self.normalization, self.device = normalization, device
+        self.normalization, self.device, self.lm_eval_tokens = normalization, device, lm_eval_tokens
         self.model = model if model is not None else load_model(model_name, device=device)
         self.d_in = hook_d_in(self.model, hook)
         ctx = self.model.cfg.n_ctx
@@ -84,6 +89,13 @@ class LMSite(Site):
         n_rows = max(1, (lm_eval_tokens or scale.eval_tokens) // ctx)
         self.lm_tokens = self._tokens("heldout", n_rows, ctx)[:n_rows]
 
+    def recipe(self) -> dict | None:
+        # a model passed in by hand is rebuilt from the registry; the worker checks the weights' fingerprint (key)
+        return {"kind": "lm", "key": self.key,
+                "kwargs": {"model_name": self.model_name, "hook": self.hook, "scale": self.scale, "seed": self.seed,
+                           "normalization": self.normalization, "device": "cpu",
+                           "lm_eval_tokens": self.lm_eval_tokens}}
+
     def _tokens(self, split: str, n_rows: int, ctx: int) -> torch.Tensor:
         """n_rows packed rows [n_rows, ctx] of the model's text for `split`, generating/streaming documents
         until there are enough."""
@@ -103,10 +115,16 @@ class LMSite(Site):
                                scale=self.scale_factor, seed=seed)
 
     def extra_metrics(self, sae: SAE) -> dict:
-        from saelib.eval.lm_metrics import evaluate_lm
+        from saelib.eval.lm_metrics import evaluate_lm, lm_reference
 
         with timed("lm_evaluation", scale=self.scale.name):
-            lm = evaluate_lm(self.model, sae, self.hook, self.lm_tokens, scale=self.scale_factor)
+            if getattr(self, "_lm_reference", None) is None:      # the clean and zero-ablated runs, once per site
+                n_rows, ctx = self.lm_tokens.shape
+                resid_bytes = n_rows * ctx * self.model.cfg.d_model * 4
+                self._lm_reference = lm_reference(self.model, self.hook, self.lm_tokens,
+                                                  keep_resid=resid_bytes <= 512 * 2**20)
+            lm = evaluate_lm(self.model, sae, self.hook, self.lm_tokens, scale=self.scale_factor,
+                             reference=self._lm_reference)
         return {k: v for k, v in lm.as_dict().items() if k in
                 ("ce_clean", "ce_sae", "ce_zero", "delta_lm_loss", "loss_recovered")}
 
@@ -119,7 +137,8 @@ class SyntheticSite(Site):
         from saelib.data.normalization import estimate_scale
         from saelib.eval.synthetic import SyntheticActivations
 
-        self.scale, self.seed = scale, seed
+        self.scale, self.seed, self.normalization = scale, seed, normalization
+        self.synthetic_options = dict(synthetic_options)
         self.data = SyntheticActivations(seed=seed, **synthetic_options)
         self.d_in = self.data.d_in
         self.key = {"synthetic": {k: v for k, v in sorted(synthetic_options.items())}, "seed": seed,
@@ -129,6 +148,11 @@ class SyntheticSite(Site):
         self.scale_factor = estimate_scale(train_acts, normalization)
         self.train_acts = train_acts * self.scale_factor
         self.eval_acts = self.data.sample(scale.eval_tokens, seed=seed + 2) * self.scale_factor
+
+    def recipe(self) -> dict | None:
+        return {"kind": "synthetic", "key": self.key,
+                "kwargs": {"scale": self.scale, "seed": self.seed, "normalization": self.normalization,
+                           **self.synthetic_options}}
 
     def train_batches(self, batch_size: int, seed: int):
         return self.train_acts             # train_sae draws seeded minibatches from a tensor

@@ -41,13 +41,23 @@ def _empty() -> dict:
     return {"seconds": {c: 0.0 for c in CATEGORIES}, "saes_trained": 0, "sae_tokens": 0}
 
 
+_collectors: list[dict] = []                        # collecting(): records go here instead of the file
+
+
 def record(category: str, seconds: float, *, scale: str, saes: int = 0, tokens: int = 0) -> None:
-    """Add `seconds` of `category` (and SAEs / SAE tokens trained) to this notebook's record, if any."""
+    """Add `seconds` of `category` (and SAEs / SAE tokens trained) to this notebook's record, if any
+    (or to the innermost `collecting()` dict)."""
+    if category not in CATEGORIES:
+        raise ValueError(f"category={category!r} is not allowed; allowed: {', '.join(CATEGORIES)}")
+    if _collectors:
+        entry = _collectors[-1]
+        entry["seconds"][category] += seconds
+        entry["saes_trained"] += saes
+        entry["sae_tokens"] += tokens
+        return
     notebook = os.environ.get(ENV)
     if not notebook:
         return
-    if category not in CATEGORIES:
-        raise ValueError(f"category={category!r} is not allowed; allowed: {', '.join(CATEGORIES)}")
     entry = _totals.setdefault((scale, notebook), _empty())      # a notebook's kernel starts afresh
     entry["seconds"][category] += seconds
     entry["saes_trained"] += saes
@@ -55,6 +65,31 @@ def record(category: str, seconds: float, *, scale: str, saes: int = 0, tokens: 
     path = timing_path(scale, notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"notebook": notebook, "scale": scale, **entry})
+
+
+@contextmanager
+def collecting() -> Iterator[dict]:
+    """Collect what `record` would write into a dict ({"seconds": {category: s}, "saes_trained", "sae_tokens"})
+    instead: a worker process (saelib.lab.workers) returns it, and the parent records it in its own file."""
+    entry = _empty()
+    _collectors.append(entry)
+    try:
+        yield entry
+    finally:
+        _collectors.remove(entry)
+
+
+def record_parallel(wall: float, parts: list[dict], *, scale: str) -> None:
+    """Record `parts` (collected in parallel workers over `wall` seconds of the parent's wall time): the wall
+    time is shared among the categories in proportion to the workers' summed seconds, so that the shares in
+    the table still add up to the notebook's wall time; SAEs and tokens are summed."""
+    total = {c: sum(p["seconds"][c] for p in parts) for c in CATEGORIES}
+    busy = sum(total.values())
+    saes, tokens = sum(p["saes_trained"] for p in parts), sum(p["sae_tokens"] for p in parts)
+    for i, c in enumerate(CATEGORIES):
+        share = wall * total[c] / busy if busy > 0 else 0.0
+        if share > 0 or (i == 0 and saes):
+            record(c, share, scale=scale, saes=saes if i == 0 else 0, tokens=tokens if i == 0 else 0)
 
 
 @contextmanager

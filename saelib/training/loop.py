@@ -86,9 +86,9 @@ def train_sae(sae: SAE, batches, cfg: TrainConfig, *, resume: bool = False) -> l
         raise ValueError("resume=True needs cfg.checkpoint_dir (or cfg.resume_from)")
     coeff = cfg.sparsity_coeff
     if coeff is None:
-        if getattr(sae, "architecture", None) != "topk":
+        if getattr(sae, "architecture", None) not in ("topk", "batchtopk"):
             raise ValueError(f"sparsity_coeff is required to train a {type(sae).__name__} "
-                             "(allowed: a number >= 0; only TopK ignores it)")
+                             "(allowed: a number >= 0; only TopK and BatchTopK ignore it)")
         coeff = 0.0
     if cfg.checkpoint_dir is not None and info.is_main:
         try:
