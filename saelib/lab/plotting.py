@@ -224,3 +224,40 @@ def plot_frequency_histogram(ax, frequencies, label: str, n_tokens: int | None =
     ax.set_ylabel("latents")
     ax.legend(fontsize=7)
     return counts
+
+
+def plot_gaps(ax, gaps: Mapping[str, Any], margins: Mapping[str, float] | None = None, ylabel: str | None = None,
+              zero_label: str = "reference"):
+    """What an "at equal L0" claim tests: each variant's paired gap to a reference frontier.
+
+    `gaps` maps a label to a list of saelib.lab.verdicts.Paired (one per compared L0, e.g. from
+    saelib.lab.pareto.paired_at_points): each seed's difference (log ratio, or plain difference) is a small dot,
+    the mean ± sd over seeds a marker with error bars (no bar with one seed). A line marks 0 (the reference);
+    `margins` (label -> margin, or a list with one per compared L0) draws an equivalence band ± margin around 0 behind that variant. The x axis lists
+    the variants (and the L0 of each compared point)."""
+    ticks, names = [], []
+    for i, (name, paired) in enumerate(gaps.items()):
+        for j, p in enumerate(paired):
+            xpos = i + (j - (len(paired) - 1) / 2) * 0.25
+            diffs = p.differences
+            color = color_for(name, i)
+            ax.scatter([xpos] * len(diffs), diffs, s=9, color=color, alpha=0.45, zorder=2)
+            mean = sum(diffs) / len(diffs)
+            sd = p.sd if len(diffs) > 1 and _finite(p.sd) else None
+            ax.errorbar([xpos], [mean], yerr=None if sd is None else [sd], marker="o", color=color, ls="none",
+                        zorder=3, ms=5)
+            m = (margins or {}).get(name)
+            m = m[j] if isinstance(m, (list, tuple)) else m                  # one margin per compared L0, or one
+            if _finite(m):
+                ax.fill_between([xpos - 0.12, xpos + 0.12], [-m, -m], [m, m], color="0.5", alpha=0.18, lw=0,
+                                zorder=1)
+        ticks.append(i)
+        l0s = ", ".join(f"{p.l0:.1f}" for p in paired)
+        names.append(f"{name}\n(L0 {l0s})" if paired else f"{name}\n(not compared)")
+    ax.axhline(0.0, color="k", lw=0.9, ls="-", zorder=1, label=zero_label)
+    ax.set_xticks(ticks, names, rotation=30, ha="right", fontsize=6.5)
+    ax.set_xlim(-0.6, len(ticks) - 0.4)
+    log = any(p.log_ratio for paired in gaps.values() for p in paired)
+    ax.set_ylabel(ylabel or ("gap to the reference at equal L0\n(log ratio; < 0: better)" if log
+                             else "gap to the reference at equal L0\n(difference; < 0: better)"))
+    return ax
