@@ -262,7 +262,7 @@ def plot_gaps(ax, gaps: Mapping[str, Any], margins: Mapping[str, float] | None =
         for j, p in enumerate(paired):
             xpos = i + (j - (len(paired) - 1) / 2) * 0.25
             diffs = p.differences
-            color = color_for(name, i)
+            color = _CYCLE[i % len(_CYCLE)]                      # one colour per variant (pairs may share a family)
             ax.scatter([xpos] * len(diffs), diffs, s=9, color=color, alpha=0.45, zorder=2)
             mean = sum(diffs) / len(diffs)
             sd = p.sd if len(diffs) > 1 and _finite(p.sd) else None
