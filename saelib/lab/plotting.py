@@ -91,7 +91,7 @@ METRIC_LABELS: dict[str, str] = {
     "purity_lift": "purity above the base rate",
     "dead_features": "dead latents (count, never active on held-out tokens)",
     "dense_features": "dense latents (count, > 10% of tokens)",
-    "objective": "held-out training objective (reconstruction + λ · sparsity)",
+    "objective": "held-out training objective\n(reconstruction + λ · sparsity)",
     "median_theta": "threshold θ at the end (median over latents)",
     "active_features": "active latents (count)",
     "probe_accuracy": "probe test accuracy",
