@@ -185,6 +185,24 @@ def log_axis(ax, which: str = "x") -> None:
         plain_log_ticks(getattr(ax, f"{name}axis"))
 
 
+def count_axis(ax, which: str = "y") -> None:
+    """A symmetric-log axis for counts that run from 0 to hundreds (dead or dense latents): linear below 1, log
+    above, starting at 0, ticks 0, 1, 3, 10, 30, ... with plain labels (call after plotting)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if which not in ("x", "y"):
+        raise ValueError(f"which={which!r} is not allowed; allowed: 'x', 'y'")
+    getattr(ax, f"set_{which}scale")("symlog", linthresh=1, linscale=0.4)
+    low, high = getattr(ax, f"get_{which}lim")()
+    top = max(high, 1.0) * 1.2                                   # headroom above the largest count
+    ticks = [0.0] + [m * 10 ** e for e in range(0, int(math.log10(top)) + 2) for m in (1, 3) if m * 10 ** e <= top]
+    getattr(ax, f"set_{which}lim")(0, top)
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
