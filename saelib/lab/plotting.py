@@ -89,8 +89,6 @@ METRIC_LABELS: dict[str, str] = {
     "test_accuracy": "test accuracy",
     "label_purity": "label purity of top activations",
     "purity_lift": "purity above the base rate",
-    "dead_features": "dead latents (count)",
-    "dense_features": "dense latents (count, > 10% of tokens)",
     "objective": "held-out training objective\n(reconstruction + λ · sparsity)",
     "median_theta": "threshold θ at the end (median over latents)",
     "active_features": "active latents (count)",
