@@ -67,3 +67,16 @@ def test_save_figure_returns_a_path_that_prints_readably(tmp_path, monkeypatch):
     path = save_figure(fig, "x", scale="default", pdf=False)
     assert isinstance(path, FigurePath) and path.exists()
     assert "PosixPath" not in repr(path) and repr(path).startswith("saved ")
+
+
+def test_count_axis_is_symlog_from_zero_with_plain_ticks():
+    import pytest
+    from saelib.lab.plotting import count_axis
+
+    fig, ax = new_figure()
+    ax.plot([1, 2, 3], [0, 4, 250])
+    count_axis(ax, "y")
+    assert ax.get_yscale() == "symlog" and ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 250
+    assert [t.get_text() for t in ax.get_yticklabels()][:4] == ["0", "1", "3", "10"]
+    with pytest.raises(ValueError, match="which"):
+        count_axis(ax, "z")

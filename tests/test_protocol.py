@@ -220,6 +220,63 @@ def test_claims_record_seeds_paper_figure_and_rule(tmp_path, monkeypatch):
     assert Claim("n", "c", "s", "e", "o", True).n_seeds is None
 
 
+def test_claims_record_their_figure_and_section(tmp_path, monkeypatch):
+    from saelib.lab.claims import parse_where, where
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
+    claims = Claims("99_test", "smoke")
+    result = judge([paired([-0.30, -0.35, -0.32])], "lower", what="y")
+    claims.add_result("A beats B", source="s", expected="lower", result=result, figure="99_frontier", section="4")
+    claims.add("plain", source="s", expected="e", observed="o", holds=True, figure="figures/99_other.png",
+               section="§4b.")
+    claims.add("nowhere", source="s", expected="e", observed="o", holds=True)
+    saved = json.loads(claims.path.read_text())
+    assert [(c["figure"], c["section"]) for c in saved] == [("99_frontier", "4"), ("99_other", "4b"), ("", "")]
+    items = load_claims("smoke")
+    assert [where(c) for c in items] == ["§4, fig 99_frontier", "§4b, fig 99_other", "—"]
+    assert [parse_where(where(c)) for c in items] == [("4", "99_frontier"), ("4b", "99_other"), ("", "")]
+    table = markdown_table(items).splitlines()
+    assert table[0].startswith("| notebook | where | claim |")
+    assert table[2].startswith("| 99_test | §4, fig 99_frontier | A beats B |")
+    assert all(line.count("|") == table[0].count("|") for line in table)
+
+
+def test_the_site_links_each_claim_to_its_notebook_section_and_figure(tmp_path, monkeypatch):
+    """scripts/build_site.py: the claims page links the "## N." heading's id on the rendered notebook page (the
+    id mkdocs-jupyter gives it, math included) and the claim's own figure."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("mkdocs_jupyter")
+    pytest.importorskip("latex2mathml")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import build_site
+    finally:
+        sys.path.pop(0)
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# 99 title\n", "## 1. Intro\n"]},
+                    {"cell_type": "markdown", "metadata": {},
+                     "source": ["## 4. $L_0$ versus $L_1$, and Gated SAEs\n\ntext"]},
+                    {"cell_type": "markdown", "metadata": {}, "source": ["### 4b. More: \"quoted\" & shifted"]}],
+           "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "99_test.ipynb"
+    path.write_text(json.dumps(nb))
+    anchors = build_site.section_anchors(path)
+    assert anchors == {"1": "1-intro", "4": "4-l0-versus-l1-and-gated-saes", "4b": "4b-more-quoted-shifted"}
+    items = [Claim("99_test", "c1", "s", "e", "o", True, figure="99_fig", section="4"),
+             Claim("99_test", "c2", "s", "e", "o", False, section="4b"),
+             Claim("99_test", "c3", "s", "e", "o", True)]
+    claims_md = tmp_path / "CLAIMS.md"
+    claims_md.write_text(markdown_table(items) + "\n")
+    page = build_site.claims_page(claims_md, ["99_test"], ["99_fig.png", "99_other.png"], {"99_test": anchors})
+    rows = [ln for ln in page.splitlines() if ln.startswith("| [99_test]")]
+    assert len(rows) == 3
+    assert "[§4](notebooks/99_test.ipynb#4-l0-versus-l1-and-gated-saes)<br>[fig: 99_fig](figures/99_fig.png)" \
+        in rows[0] and "99_other" not in rows[0]
+    assert "[§4b](notebooks/99_test.ipynb#4b-more-quoted-shifted)" in rows[1]
+    assert "figures/99_fig.png" in rows[2] and "figures/99_other.png" in rows[2]    # no where: all its figures
+
+
 # ----------------------------------------------------------------------------- seeds, points, shared runs
 
 def test_check_seeds_defaults_to_the_scale_and_refuses_bad_values():

@@ -19,6 +19,7 @@ figure (`paper`: a number or stated result with its table/figure reference) and 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class Claim:
     n_seeds: int | None = None     # seeds behind each compared point (None: not a seeded comparison)
     paper: str = ""                # the paper's own figure: number or stated result, with table/figure
     rule: str = ""                 # the verdict rule (how "holds" was decided)
+    figure: str = ""               # stem of the figure under figures/ that plots the claim's quantity ("": none)
+    section: str = ""              # the notebook section that measures it, as numbered in its "## 4. ..." heading
 
 
 class Claims:
@@ -46,17 +49,20 @@ class Claims:
         self.items: list[Claim] = []
 
     def add(self, claim: str, source: str, expected: str, observed: str, holds: bool, *,
-            n_seeds: int | None = None, paper: str = "", rule: str = "") -> Claim:
+            n_seeds: int | None = None, paper: str = "", rule: str = "", figure: str = "",
+            section: str = "") -> Claim:
         item = Claim(self.notebook, claim, source, expected, observed, bool(holds),
-                     None if n_seeds is None else int(n_seeds), paper, rule)
+                     None if n_seeds is None else int(n_seeds), paper, rule, _stem(figure),
+                     str(section).strip().lstrip("§").rstrip("."))
         self.items = [c for c in self.items if c.claim != claim] + [item]
         self.save()
         return item
 
-    def add_result(self, claim: str, source: str, expected: str, result, *, paper: str = "") -> Claim:
+    def add_result(self, claim: str, source: str, expected: str, result, *, paper: str = "", figure: str = "",
+                   section: str = "") -> Claim:
         """add() from a saelib.lab.pareto.Result: its observed text, verdict, seed count and rule."""
         return self.add(claim, source, expected, result.observed, result.holds, n_seeds=result.n_seeds,
-                        paper=paper, rule=result.rule)
+                        paper=paper, rule=result.rule, figure=figure, section=section)
 
     def save(self) -> Path:
         atomic_write_json(self.path, [asdict(c) for c in self.items], indent=1)
@@ -92,11 +98,33 @@ class Claims:
             print(self.table())
 
 
+def _stem(figure: str) -> str:
+    """A figure's stem: "figures/03_l0_vs_l1.png" and "03_l0_vs_l1" both give "03_l0_vs_l1"."""
+    figure = str(figure or "").strip()
+    return Path(figure).stem if figure else ""
+
+
+def where(c: Claim) -> str:
+    """The compact "where" cell of the table: "§4, fig 03_l0_vs_l1" (notebook section, figure stem);
+    scripts/build_site.py parses it back with parse_where to link the section and the figure."""
+    parts = ([f"§{c.section}"] if c.section else []) + ([f"fig {c.figure}"] if c.figure else [])
+    return ", ".join(parts) or "—"
+
+
+WHERE = re.compile(r"(?:§(?P<section>[\w.]+))?\s*,?\s*(?:fig (?P<figure>[\w.-]+))?")
+
+
+def parse_where(cell: str) -> tuple[str, str]:
+    """(section, figure) from a "where" cell written by where(); ("", "") for "—"."""
+    m = WHERE.fullmatch(cell.strip())
+    return (m.group("section") or "", m.group("figure") or "") if m else ("", "")
+
+
 def markdown_table(items: list[Claim]) -> str:
-    lines = ["| notebook | claim | source | paper's figure | expected | observed (mean ± sd) | seeds | verdict rule "
-             "| holds |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| notebook | where | claim | source | paper's figure | expected | observed (mean ± sd) | seeds "
+             "| verdict rule | holds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in items:
-        cells = [c.notebook, c.claim, c.source, c.paper or "—", c.expected, c.observed,
+        cells = [c.notebook, where(c), c.claim, c.source, c.paper or "—", c.expected, c.observed,
                  "—" if c.n_seeds is None else c.n_seeds, c.rule or "—", "yes" if c.holds else "**no**"]
         lines.append("| " + " | ".join(str(x).replace("|", "/").replace("\n", " ") for x in cells) + " |")
     return "\n".join(lines)

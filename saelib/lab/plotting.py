@@ -59,6 +59,21 @@ METRIC_LABELS: dict[str, str] = {
     "dense_fraction": "dense latents (fraction, > 10% of tokens)",
     "n_dead": "dead latents (count)",
     "n_dense": "dense latents (count, > 10% of tokens)",
+    "dead_features": "dead latents (count)",
+    "dense_features": "dense latents (count, > 10% of tokens)",
+    "shrinkage": "shrinkage |1 − γ|",
+    "gamma_gap": "γ_v1 − γ (first version's error)",
+    "log_threshold": "log threshold log θ",
+    "pi_gate": "gate pre-activation π_gate",
+    "activation": "latent activation f",
+    "decoder_norm": "decoder norm ‖W_dec[:, i]‖",
+    "latents": "latents (count)",
+    "sparsity_ratio": "λ / final λ",
+    "l0_batch": "L0 on the training batch (active latents per token)",
+    "ste_over_fd": "STE / finite difference (ratio)",
+    "correlation": "correlation across latents",
+    "slope": "slope of STE on finite difference",
+    "step_snr": "signal-to-noise of one step (median |mean| / rms)",
     "feature_recovery": "feature recovery (mean max cosine)",
     "true_l0": "true L0 (active features per sample)",
     "sparsity_coeff": "sparsity coefficient λ",
@@ -74,6 +89,11 @@ METRIC_LABELS: dict[str, str] = {
     "test_accuracy": "test accuracy",
     "label_purity": "label purity of top activations",
     "purity_lift": "purity above the base rate",
+    "objective": "held-out training objective\n(reconstruction + λ · sparsity)",
+    "median_theta": "threshold θ at the end (median over latents)",
+    "active_features": "active latents (count)",
+    "probe_accuracy": "probe test accuracy",
+    "median_decoder_norm": "decoder row norm ‖W_dec[i]‖ (median over latents)",
 }
 
 
@@ -163,6 +183,24 @@ def log_axis(ax, which: str = "x") -> None:
         plain_log_ticks(getattr(ax, f"{name}axis"))
 
 
+def count_axis(ax, which: str = "y") -> None:
+    """A symmetric-log axis for counts that run from 0 to hundreds (dead or dense latents): linear below 1, log
+    above, starting at 0, ticks 0, 1, 3, 10, 30, ... with plain labels (call after plotting)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if which not in ("x", "y"):
+        raise ValueError(f"which={which!r} is not allowed; allowed: 'x', 'y'")
+    getattr(ax, f"set_{which}scale")("symlog", linthresh=1, linscale=0.4)
+    low, high = getattr(ax, f"get_{which}lim")()
+    top = max(high, 1.0) * 1.2                                   # headroom above the largest count
+    ticks = [0.0] + [m * 10 ** e for e in range(0, int(math.log10(top)) + 2) for m in (1, 3) if m * 10 ** e <= top]
+    getattr(ax, f"set_{which}lim")(0, top)
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
@@ -224,3 +262,40 @@ def plot_frequency_histogram(ax, frequencies, label: str, n_tokens: int | None =
     ax.set_ylabel("latents")
     ax.legend(fontsize=7)
     return counts
+
+
+def plot_gaps(ax, gaps: Mapping[str, Any], margins: Mapping[str, float] | None = None, ylabel: str | None = None,
+              zero_label: str = "reference"):
+    """What an "at equal L0" claim tests: each variant's paired gap to a reference frontier.
+
+    `gaps` maps a label to a list of saelib.lab.verdicts.Paired (one per compared L0, e.g. from
+    saelib.lab.pareto.paired_at_points): each seed's difference (log ratio, or plain difference) is a small dot,
+    the mean ± sd over seeds a marker with error bars (no bar with one seed). A line marks 0 (the reference);
+    `margins` (label -> margin, or a list with one per compared L0) draws an equivalence band ± margin around 0 behind that variant. The x axis lists
+    the variants (and the L0 of each compared point)."""
+    ticks, names = [], []
+    for i, (name, paired) in enumerate(gaps.items()):
+        for j, p in enumerate(paired):
+            xpos = i + (j - (len(paired) - 1) / 2) * 0.25
+            diffs = p.differences
+            color = _CYCLE[i % len(_CYCLE)]                      # one colour per variant (pairs may share a family)
+            ax.scatter([xpos] * len(diffs), diffs, s=9, color=color, alpha=0.45, zorder=2)
+            mean = sum(diffs) / len(diffs)
+            sd = p.sd if len(diffs) > 1 and _finite(p.sd) else None
+            ax.errorbar([xpos], [mean], yerr=None if sd is None else [sd], marker="o", color=color, ls="none",
+                        zorder=3, ms=5)
+            m = (margins or {}).get(name)
+            m = m[j] if isinstance(m, (list, tuple)) else m                  # one margin per compared L0, or one
+            if _finite(m):
+                ax.fill_between([xpos - 0.12, xpos + 0.12], [-m, -m], [m, m], color="0.5", alpha=0.18, lw=0,
+                                zorder=1)
+        ticks.append(i)
+        l0s = ", ".join(f"{p.l0:.1f}" for p in paired)
+        names.append(f"{name}\n(L0 {l0s})" if paired else f"{name}\n(not compared)")
+    ax.axhline(0.0, color="k", lw=0.9, ls="-", zorder=1, label=zero_label)
+    ax.set_xticks(ticks, names, rotation=30, ha="right", fontsize=6.5)
+    ax.set_xlim(-0.6, len(ticks) - 0.4)
+    log = any(p.log_ratio for paired in gaps.values() for p in paired)
+    ax.set_ylabel(ylabel or ("gap to the reference at equal L0\n(log ratio; < 0: better)" if log
+                             else "gap to the reference at equal L0\n(difference; < 0: better)"))
+    return ax
