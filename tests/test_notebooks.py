@@ -97,7 +97,8 @@ def test_claims_readme_block_is_refreshed(tmp_path, monkeypatch):
     readme.write_text(f"intro\n{README_START}\nstale table\n{README_END}\nend\n")
     assert update_readme(readme, "smoke")
     text = readme.read_text()
-    assert "stale table" not in text and "| 99_test | — | a claim |" in text and "**no**" in text and text.endswith("end\n")
+    assert "stale table" not in text and "| 99_test | — | a claim |" in text
+    assert "**no**" in text and text.endswith("end\n")
 
 
 def test_features_notebook_rejects_a_model_without_corpus_labels(tmp_path, monkeypatch):

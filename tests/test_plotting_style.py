@@ -71,6 +71,7 @@ def test_save_figure_returns_a_path_that_prints_readably(tmp_path, monkeypatch):
 
 def test_count_axis_is_symlog_from_zero_with_plain_ticks():
     import pytest
+
     from saelib.lab.plotting import count_axis
 
     fig, ax = new_figure()

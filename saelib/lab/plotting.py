@@ -271,8 +271,8 @@ def plot_gaps(ax, gaps: Mapping[str, Any], margins: Mapping[str, float] | None =
     `gaps` maps a label to a list of saelib.lab.verdicts.Paired (one per compared L0, e.g. from
     saelib.lab.pareto.paired_at_points): each seed's difference (log ratio, or plain difference) is a small dot,
     the mean ± sd over seeds a marker with error bars (no bar with one seed). A line marks 0 (the reference);
-    `margins` (label -> margin, or a list with one per compared L0) draws an equivalence band ± margin around 0 behind that variant. The x axis lists
-    the variants (and the L0 of each compared point)."""
+    `margins` (label -> margin, or a list with one per compared L0) draws an equivalence band ± margin around 0
+    behind that variant. The x axis lists the variants (and the L0 of each compared point)."""
     ticks, names = [], []
     for i, (name, paired) in enumerate(gaps.items()):
         for j, p in enumerate(paired):

@@ -123,7 +123,22 @@ def _train_job(recipe: dict, spec: SAESpec, seed: int, protocol: Protocol | None
     return entry
 
 
+def _warm(recipe: dict) -> None:
+    _site_from(recipe)
+    time.sleep(1.0)              # hold this worker, so that every worker gets one of the warm-up calls
+
+
 # ----------------------------------------------------------------------------- in the notebook's process
+
+def warm_up(site: Site, workers: int) -> float:
+    """Start `workers` processes and build the site in each (what the first sweep of a notebook pays once);
+    returns the seconds it took. benchmarks/threads.py uses it to time training apart from the start-up."""
+    t0 = time.perf_counter()
+    recipe = site.recipe()
+    if recipe is not None:
+        list(_get_pool(workers).map(_warm, [recipe] * workers))
+    return time.perf_counter() - t0
+
 
 def train_missing(site: Site, jobs: list[tuple[SAESpec, int, bool]], protocol: Protocol | None, *,
                   workers: int, progress_bar=None) -> bool:
