@@ -57,7 +57,9 @@ def printed_summaries(nb: dict) -> list[str]:
 
 
 def parse_summary(text: str) -> tuple[tuple[int, int], list[tuple[str, bool]]]:
-    held, total = map(int, COUNT.search(text).groups())
+    match = COUNT.search(text)
+    assert match is not None, "no 'N of M claims hold' line in the summary"
+    held, total = map(int, match.groups())
     return (held, total), [(_norm(claim), verdict == "holds") for verdict, claim in VERDICT.findall(text)]
 
 

@@ -286,7 +286,7 @@ def plot_gaps(ax, gaps: Mapping[str, Any], margins: Mapping[str, float] | None =
                         zorder=3, ms=5)
             m = (margins or {}).get(name)
             m = m[j] if isinstance(m, (list, tuple)) else m                  # one margin per compared L0, or one
-            if _finite(m):
+            if m is not None and _finite(m):
                 ax.fill_between([xpos - 0.12, xpos + 0.12], [-m, -m], [m, m], color="0.5", alpha=0.18, lw=0,
                                 zorder=1)
         ticks.append(i)

@@ -20,6 +20,13 @@ import torch
 from saelib.models.base import SAE
 
 
+def _prefixed(name: str) -> Callable[[str], str]:
+    """assert_close's message, prefixed with what was compared."""
+    def message(detail: str) -> str:
+        return f"{name}: {detail}"
+    return message
+
+
 def compare_with_saelib(sae: SAE, scratch_loss: Callable[..., Mapping[str, torch.Tensor]], x: torch.Tensor,
                         sparsity_coeff: float, rtol: float = 1e-7, atol: float = 1e-9) -> list[dict]:
     """Rows (quantity, from scratch, saelib, max |difference|) for each loss term `scratch_loss` returns and for the
@@ -35,13 +42,14 @@ def compare_with_saelib(sae: SAE, scratch_loss: Callable[..., Mapping[str, torch
     rows = []
     for name, value in ours.items():
         theirs = getattr(ref, name).detach()
-        torch.testing.assert_close(value.detach(), theirs, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(value.detach(), theirs, rtol=rtol, atol=atol, msg=_prefixed(name))
         rows.append({"quantity": f"{name} term", "from scratch": float(value.detach()), "saelib": float(theirs),
                      "max |difference|": float((value.detach() - theirs).abs().max())})
     for name, p in sae.named_parameters():
-        g_ours = params[name].grad if params[name].grad is not None else torch.zeros_like(p)
-        g_ref = p.grad if p.grad is not None else torch.zeros_like(p)
-        torch.testing.assert_close(g_ours, g_ref, rtol=rtol, atol=atol, msg=lambda m, n=name: f"d loss / d {n}: {m}")
+        grad_ours, grad_ref = params[name].grad, p.grad
+        g_ours = grad_ours if grad_ours is not None else torch.zeros_like(p)
+        g_ref = grad_ref if grad_ref is not None else torch.zeros_like(p)
+        torch.testing.assert_close(g_ours, g_ref, rtol=rtol, atol=atol, msg=_prefixed(f"d loss / d {name}"))
         rows.append({"quantity": f"‖d loss / d {name}‖", "from scratch": float(g_ours.norm()),
                      "saelib": float(g_ref.norm()), "max |difference|": float((g_ours - g_ref).abs().max())})
     sae.zero_grad(set_to_none=True)
