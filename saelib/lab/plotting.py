@@ -207,8 +207,9 @@ def _finite(v: Any) -> bool:
 
 def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "label",
                   logx: bool = False, logy: bool = False, marker: str = "o", annotate: str | None = None,
-                  errors: bool = True):
-    """One line per group through the (x, y) points of `rows` (dicts), sorted by x.
+                  errors: bool = True, linestyle: str = "-"):
+    """One line per group through the (x, y) points of `rows` (dicts), sorted by x (`linestyle` and `marker`
+    tell apart two sets of the same groups, e.g. two budgets).
 
     With `errors`, rows that carry `<y>_sd` (and/or `<x>_sd`), e.g. from saelib.lab.pareto.seed_summary, get
     error bars of ± 1 sd. Axis labels come from label_for (words with units)."""
@@ -225,9 +226,9 @@ def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "lab
         if has_y or has_x:
             ax.errorbar(xs, ys, yerr=[e if _finite(e) else 0.0 for e in yerr] if has_y else None,
                         xerr=[e if _finite(e) else 0.0 for e in xerr] if has_x else None,
-                        marker=marker, label=name, color=color)
+                        marker=marker, label=name, color=color, ls=linestyle)
         else:
-            ax.plot(xs, ys, marker=marker, label=name, color=color)
+            ax.plot(xs, ys, marker=marker, label=name, color=color, ls=linestyle)
         if annotate:
             for p in pts:
                 ax.annotate(f"{p[annotate]:.3g}", (p[x], p[y]), fontsize=6, alpha=0.7)
