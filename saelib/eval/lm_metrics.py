@@ -96,7 +96,7 @@ class LMReference:
     zero_sums: list[float]
 
 
-def _batches(model, hook_name, tokens, batch_size, exclude_token_ids, pad_token_id):
+def _batches(model, tokens, batch_size, exclude_token_ids, pad_token_id):
     """(index, batch [b, seq], keep [b, seq], targets [b, seq-1]) over `tokens`."""
     device = model.cfg.device
     for i, start in enumerate(range(0, tokens.shape[0], batch_size)):
@@ -135,7 +135,7 @@ def lm_reference(model, hook_name: str, tokens: torch.Tensor, *, batch_size: int
     exclude_token_ids, pad_token_id = _defaults(model, exclude_token_ids, pad_token_id)
     layer = _block_index(model, hook_name)
     ref = LMReference(hook_name, tokens.shape[0], batch_size, [], [], [])
-    for _, batch, keep, targets in _batches(model, hook_name, tokens, batch_size, exclude_token_ids, pad_token_id):
+    for _, batch, keep, targets in _batches(model, tokens, batch_size, exclude_token_ids, pad_token_id):
         stored: dict[str, torch.Tensor] = {}
         fwd_hooks = [] if layer is None else [
             (f"blocks.{layer}.hook_resid_pre", lambda act, hook, stored=stored: stored.setdefault("resid", act))]
@@ -185,7 +185,7 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
         metrics.update(x_scaled, x_hat_scaled, f)
         return x_hat_scaled / scale                               # back to the model's space
 
-    batches = _batches(model, hook_name, tokens, batch_size, exclude_token_ids, pad_token_id)
+    batches = _batches(model, tokens, batch_size, exclude_token_ids, pad_token_id)
     for i, batch, keep, targets in tqdm(batches, desc="LM eval", disable=not progress,
                                         total=len(reference.clean_sums)):
         n_predictions += int(targets.sum())
