@@ -124,6 +124,11 @@ def run_key(site: Site, spec: SAESpec, cfg: TrainConfig, options: dict | None = 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def run_path(site: Site, key: str) -> Path:
+    """Where the run with cache key `key` lives: outputs/<scale>/runs/<key>/ (metrics.json + sae/)."""
+    return output_dir(site.scale.name) / "runs" / key
+
+
 def evaluate(site: Site, sae: SAE) -> dict:
     """Metrics on the site's held-out activations (+ LM or ground-truth metrics from the site)."""
     m = evaluate_sae(sae, site.eval_acts)
@@ -187,7 +192,7 @@ def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, 
     cfg = train_config(spec, site.scale, seed, protocol)
     options = effective_options(spec, protocol)
     key = run_key(site, spec, cfg, options)
-    path = output_dir(site.scale.name) / "runs" / key
+    path = run_path(site, key)
     cached = None if force else load_cached_run(path, spec, device=device)
     if cached is not None:
         cached.seed = seed
@@ -252,7 +257,7 @@ def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = T
     for spec, s in (jobs if workers > 1 else []):        # one worker: run() below trains what is missing
         key = run_key(site, spec, train_config(spec, site.scale, s, protocol), effective_options(spec, protocol))
         force = force_retrain and key not in _RETRAINED
-        if key not in keys and (force or not (output_dir(site.scale.name) / "runs" / key / "metrics.json").exists()):
+        if key not in keys and (force or not (run_path(site, key) / "metrics.json").exists()):
             missing.append((spec, s, force))
             keys.append(key)
     bar = tqdm(total=len(jobs), desc="SAEs", disable=not progress)
