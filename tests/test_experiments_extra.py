@@ -42,27 +42,35 @@ def test_lm_cache_key_follows_the_model_weights():
     assert model_fingerprint(a, max_elements=10) != model_fingerprint(model(1), max_elements=10)
 
 
-def test_sweep_trains_every_spec_at_every_seed_spec_major_with_the_protocol(monkeypatch):
-    from saelib.lab import experiments
-    from saelib.lab.experiments import SAESpec, sweep
-    from saelib.lab.protocol import Protocol
+def test_sweep_trains_every_spec_at_every_seed_spec_major_with_the_protocol(monkeypatch, tmp_path):
+    from pathlib import Path
 
+    from saelib.lab import experiments
+    from saelib.lab.experiments import SAESpec, SyntheticSite, sweep
+    from saelib.lab.protocol import Protocol
+    from saelib.lab.scales import get_scale
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
     calls = []
 
     class Fake:
         def __init__(self, spec, seed):
             self.spec, self.seed, self.loaded = spec, seed, False
+            self.path = Path(f"/runs/{spec.sparsity_coeff}-{seed}")
 
     def fake_run(site, spec, seed=0, **kwargs):
         calls.append((spec.sparsity_coeff, seed, kwargs.get("protocol")))
         return Fake(spec, seed)
 
     monkeypatch.setattr(experiments, "run", fake_run)
+    site = SyntheticSite(get_scale("smoke", train_steps=10), seed=0, n_features=16, d_in=8)
     protocol = Protocol(budget=2.0)
     specs = [SAESpec("gated", 0.1), SAESpec("gated", 0.2)]
-    out = sweep(None, specs, seeds=(3, 5), protocol=protocol, verbose=False, progress=False)
-    assert [(c, s) for c, s, _ in calls] == [(0.1, 3), (0.1, 5), (0.2, 3), (0.2, 5)]
+    out = sweep(site, specs, seeds=(3, 5), protocol=protocol, verbose=False, progress=False)
+    # nothing is cached: a first pass trains every run (spec-major), the second collects them in the same order
+    order = [(0.1, 3), (0.1, 5), (0.2, 3), (0.2, 5)]
+    assert [(c, s) for c, s, _ in calls] == order + order
     assert all(p is protocol for _, _, p in calls) and [r.seed for r in out] == [3, 5, 3, 5]
     calls.clear()
-    sweep(None, specs, 7, verbose=False, progress=False)                 # one seed, the old call
-    assert [(c, s) for c, s, _ in calls] == [(0.1, 7), (0.2, 7)]
+    sweep(site, specs, 7, verbose=False, progress=False)                 # one seed, the old call
+    assert [(c, s) for c, s, _ in calls] == [(0.1, 7), (0.2, 7)] * 2

@@ -32,6 +32,7 @@ import torch
 from saelib.eval.metrics import evaluate_sae
 from saelib.files import atomic_write_json, read_json
 from saelib.io import load_sae, save_sae
+from saelib.lab import run_claims
 from saelib.lab.paths import output_dir
 from saelib.lab.protocol import Protocol, held_out_objective
 from saelib.lab.protocol import train_config as protocol_train_config
@@ -194,9 +195,21 @@ def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, 
     key = run_key(site, spec, cfg, options)
     path = run_path(site, key)
     cached = None if force else load_cached_run(path, spec, device=device)
+    while cached is None and not run_claims.try_claim(path):
+        # another process (the other notebook of run_all.sh's pair, a worker) is training this run: wait, load
+        with timed("waiting", scale=site.scale.name):
+            run_claims.wait_for(path)
+        cached = load_cached_run(path, spec, device=device)
     if cached is not None:
         cached.seed = seed
         return cached
+    try:
+        return _train_and_save(site, spec, seed, cfg, options, path)
+    finally:
+        run_claims.release(path)
+
+
+def _train_and_save(site: Site, spec: SAESpec, seed: int, cfg: TrainConfig, options: dict, path: Path) -> RunResult:
     d_sae = spec.d_sae or site.scale.expansion * site.d_in
     torch.manual_seed(seed)
     sae = create_sae(spec.architecture, site.d_in, d_sae, **options)
@@ -243,7 +256,9 @@ def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = T
     ([spec0 seed0, spec0 seed1, ..., spec1 seed0, ...]) and each RunResult (and its row()) carries its seed.
     protocol: how to train every spec (saelib.lab.protocol.Protocol; None: Protocol()).
     workers: processes that train the runs missing from the cache (saelib.lab.workers; None: n_workers(), 1:
-    train them here); the results are the same either way."""
+    train them here); the results are the same either way.
+    A run that another process is training (saelib.lab.run_claims: run_all.sh runs two notebooks at a time) is
+    not trained again: the sweep trains the others first, then waits for it and loads it."""
     from saelib.lab.workers import n_workers, train_missing
 
     if force_retrain is None:
@@ -254,24 +269,32 @@ def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = T
     check_positive("workers", workers, integer=True)
     missing: list[tuple[SAESpec, int, bool]] = []
     keys: list[str] = []                                 # the run keys of `missing`
-    for spec, s in (jobs if workers > 1 else []):        # one worker: run() below trains what is missing
+    for spec, s in jobs:
         key = run_key(site, spec, train_config(spec, site.scale, s, protocol), effective_options(spec, protocol))
         force = force_retrain and key not in _RETRAINED
-        if key not in keys and (force or not (run_path(site, key) / "metrics.json").exists()):
+        path = run_path(site, key)
+        if key not in keys and (force or not (path / "metrics.json").exists()) \
+                and not run_claims.claimed_by_other(path):      # another process trains it: wait for it below
             missing.append((spec, s, force))
             keys.append(key)
     bar = tqdm(total=len(jobs), desc="SAEs", disable=not progress)
-    in_workers: set[str] = set()
+    trained: set[str] = set()                            # keys trained here, before the loop below loads them
     if workers > 1 and len(missing) > 1 and train_missing(site, missing, protocol, workers=workers,
                                                           progress_bar=bar):
-        in_workers = set(keys)
+        trained = set(keys)
         _RETRAINED.update(k for k, (_, _, force) in zip(keys, missing, strict=True) if force)
+    else:
+        # in this process: first the runs nobody else is training, then (below) wait for the others and load them
+        for spec, s, _ in missing:
+            result = run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
+            if not result.loaded:
+                trained.add(result.path.name)
     results = []
     for spec, s in jobs:
         result = run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
-        if in_workers and result.path.name in in_workers:
-            result.loaded = False                        # trained just now, in a worker process
-        else:
+        if result.path.name in trained:
+            result.loaded = False                        # trained just now (in a worker process or above)
+        if not (workers > 1 and result.path.name in trained):
             bar.update(1)
         results.append(result)
     bar.close()

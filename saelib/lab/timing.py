@@ -1,4 +1,5 @@
-"""Where a notebook's wall time goes: SAE training, activation extraction, LM evaluation, plotting.
+"""Where a notebook's wall time goes: SAE training, activation extraction, LM evaluation, plotting, and waiting
+for a run that another process is training (saelib.lab.run_claims: run_all.sh runs two notebooks at a time).
 
 The notebook layer wraps its expensive calls (saelib.lab.experiments: training, caching activations, the
 spliced-in LM loss; saelib.lab.plotting.save_figure):
@@ -25,9 +26,9 @@ from pathlib import Path
 from saelib.files import atomic_write_json, read_json
 from saelib.lab.paths import output_dir
 
-CATEGORIES = ("sae_training", "activation_extraction", "lm_evaluation", "plotting")
+CATEGORIES = ("sae_training", "activation_extraction", "lm_evaluation", "plotting", "waiting")
 _SHORT = {"sae_training": "training", "activation_extraction": "extraction", "lm_evaluation": "LM eval",
-          "plotting": "plotting"}
+          "plotting": "plotting", "waiting": "waiting"}
 ENV = "SAELIB_NOTEBOOK"
 
 _totals: dict[tuple[str, str], dict] = {}          # (scale, notebook) -> what this process has recorded
@@ -83,7 +84,7 @@ def record_parallel(wall: float, parts: list[dict], *, scale: str) -> None:
     """Record `parts` (collected in parallel workers over `wall` seconds of the parent's wall time): the wall
     time is shared among the categories in proportion to the workers' summed seconds, so that the shares in
     the table still add up to the notebook's wall time; SAEs and tokens are summed."""
-    total = {c: sum(p["seconds"][c] for p in parts) for c in CATEGORIES}
+    total = {c: sum(p["seconds"].get(c, 0.0) for p in parts) for c in CATEGORIES}
     busy = sum(total.values())
     saes, tokens = sum(p["saes_trained"] for p in parts), sum(p["sae_tokens"] for p in parts)
     for i, c in enumerate(CATEGORIES):
@@ -100,8 +101,10 @@ def timed(category: str, *, scale: str, saes: int = 0, tokens: int = 0) -> Itera
     record(category, time.perf_counter() - t0, scale=scale, saes=saes, tokens=tokens)
 
 
-def table(scale: str, wall: dict[str, float]) -> str:
-    """The end-to-end table for notebooks `wall` (name -> wall seconds), in that order, and the total."""
+def table(scale: str, wall: dict[str, float], *, elapsed: float | None = None, lanes: int = 1) -> str:
+    """The end-to-end table for notebooks `wall` (name -> wall seconds), in that order, and the total. With
+    `elapsed` (run_all.sh's wall time for all of them, `lanes` notebooks at a time) a last row gives it and the SAE
+    tokens per second of it; the total row then sums the notebooks' own (overlapping) wall times."""
     head = (f"{'notebook':34s} {'wall s':>7s} {'SAEs':>5s} {'SAE tok/s':>10s} "
             + " ".join(f"{_SHORT[c]:>10s}" for c in CATEGORIES) + f" {'other':>6s}")
     lines, total, total_wall = [head, "-" * len(head)], _empty(), 0.0
@@ -114,7 +117,10 @@ def table(scale: str, wall: dict[str, float]) -> str:
         total["sae_tokens"] += entry["sae_tokens"]
         total_wall += seconds
         lines.append(_row(name, seconds, entry))
-    lines.append(_row("total", total_wall, total))
+    lines.append(_row("total" if elapsed is None else "sum over notebooks", total_wall, total))
+    if elapsed is not None:
+        rate = total["sae_tokens"] / elapsed if elapsed > 0 else 0.0
+        lines.append(f"{f'elapsed ({lanes} at a time)':34s} {elapsed:7.0f} {total['saes_trained']:5d} {rate:10.0f}")
     return "\n".join(lines)
 
 
@@ -129,12 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Print the end-to-end timing table of a run_all.sh run.")
     p.add_argument("--scale", required=True)
     p.add_argument("--wall", nargs="*", default=[], help="NOTEBOOK=SECONDS for each notebook, in order")
+    p.add_argument("--elapsed", type=float, default=None, help="the wall time of all of them (run_all.sh)")
+    p.add_argument("--lanes", type=int, default=1, help="notebooks run at a time")
     args = p.parse_args(argv)
     wall = {}
     for item in args.wall:
         name, _, seconds = item.rpartition("=")
         wall[name] = float(seconds)
-    print(table(args.scale, wall))
+    print(table(args.scale, wall, elapsed=args.elapsed, lanes=args.lanes))
 
 
 if __name__ == "__main__":
