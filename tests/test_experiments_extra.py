@@ -62,15 +62,22 @@ def test_sweep_trains_every_spec_at_every_seed_spec_major_with_the_protocol(monk
         calls.append((spec.sparsity_coeff, seed, kwargs.get("protocol")))
         return Fake(spec, seed)
 
+    def fake_train(site, spec, seed, *, force, protocol):
+        calls.append(("trained", spec.sparsity_coeff, seed, protocol))
+        return True
+
     monkeypatch.setattr(experiments, "run", fake_run)
+    monkeypatch.setattr(experiments, "_train_unless_claimed", fake_train)
     site = SyntheticSite(get_scale("smoke", train_steps=10), seed=0, n_features=16, d_in=8)
     protocol = Protocol(budget=2.0)
     specs = [SAESpec("gated", 0.1), SAESpec("gated", 0.2)]
     out = sweep(site, specs, seeds=(3, 5), protocol=protocol, verbose=False, progress=False)
     # nothing is cached: a first pass trains every run (spec-major), the second collects them in the same order
     order = [(0.1, 3), (0.1, 5), (0.2, 3), (0.2, 5)]
-    assert [(c, s) for c, s, _ in calls] == order + order
-    assert all(p is protocol for _, _, p in calls) and [r.seed for r in out] == [3, 5, 3, 5]
+    assert [c[1:3] for c in calls[:4]] == order and all(c[0] == "trained" for c in calls[:4])
+    assert [c[:2] for c in calls[4:]] == order
+    assert all(c[-1] is protocol for c in calls) and [r.seed for r in out] == [3, 5, 3, 5]
+    assert not any(r.loaded for r in out)                                # trained by this sweep
     calls.clear()
     sweep(site, specs, 7, verbose=False, progress=False)                 # one seed, the old call
-    assert [(c, s) for c, s, _ in calls] == [(0.1, 7), (0.2, 7)] * 2
+    assert [c[1:3] for c in calls[:2]] == [(0.1, 7), (0.2, 7)] and [c[:2] for c in calls[2:]] == [(0.1, 7), (0.2, 7)]

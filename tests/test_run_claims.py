@@ -77,3 +77,34 @@ def test_two_processes_share_a_sweep_without_training_a_run_twice(tmp_path, monk
     for r, a, b in zip(alone, weights[0], weights[1], strict=True):
         for name, p in r.sae.state_dict().items():
             assert torch.equal(p, a[name]) and torch.equal(p, b[name]), name
+
+
+def test_a_sweep_trains_the_unclaimed_runs_before_waiting_for_a_claimed_one(tmp_path, monkeypatch):
+    import threading
+
+    from saelib.lab.experiments import effective_options, run_key, run_path, train_config
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
+    site, protocol = _site(), Protocol()
+    paths = [run_path(site, run_key(site, s, train_config(s, site.scale, 0, protocol), effective_options(s, protocol)))
+             for s in SPECS]
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])   # "another notebook"
+    try:
+        run_claims.claim_path(paths[0]).parent.mkdir(parents=True, exist_ok=True)
+        run_claims.claim_path(paths[0]).write_text(f"{holder.pid} {socket.gethostname()}")
+        out: list = []
+        sweeper = threading.Thread(target=lambda: out.append(
+            sweep(site, SPECS, seeds=(0,), protocol=protocol, workers=1, progress=False)))
+        sweeper.start()
+        for _ in range(600):                       # every other run gets trained while the first one is claimed
+            if all((p / "metrics.json").exists() for p in paths[1:]):
+                break
+            sweeper.join(timeout=0.5)
+        assert all((p / "metrics.json").exists() for p in paths[1:])
+        assert not (paths[0] / "metrics.json").exists() and sweeper.is_alive()     # still waiting for the first
+    finally:
+        holder.kill()
+        holder.wait()
+    sweeper.join(timeout=120)                      # the claim is now stale: the sweep trains that run itself
+    assert not sweeper.is_alive() and (paths[0] / "metrics.json").exists()
+    assert [r.path for r in out[0]] == paths

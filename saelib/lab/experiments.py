@@ -209,6 +209,25 @@ def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, 
         run_claims.release(path)
 
 
+def _train_unless_claimed(site: Site, spec: SAESpec, seed: int, *, force: bool, protocol: Protocol | None) -> bool:
+    """Train the run into the cache if it is missing (or `force`) and no other process has claimed it; True when
+    trained here. Never waits: a sweep trains the unclaimed runs first and waits for the others afterwards."""
+    cfg = train_config(spec, site.scale, seed, protocol)
+    options = effective_options(spec, protocol)
+    path = run_path(site, run_key(site, spec, cfg, options))
+    if not force and (path / "metrics.json").exists():
+        return False
+    if not run_claims.try_claim(path):
+        return False
+    try:
+        if not force and (path / "metrics.json").exists():      # finished by another process just now
+            return False
+        _train_and_save(site, spec, seed, cfg, options, path)
+        return True
+    finally:
+        run_claims.release(path)
+
+
 def _train_and_save(site: Site, spec: SAESpec, seed: int, cfg: TrainConfig, options: dict, path: Path) -> RunResult:
     d_sae = spec.d_sae or site.scale.expansion * site.d_in
     torch.manual_seed(seed)
@@ -285,10 +304,11 @@ def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = T
         _RETRAINED.update(k for k, (_, _, force) in zip(keys, missing, strict=True) if force)
     else:
         # in this process: first the runs nobody else is training, then (below) wait for the others and load them
-        for spec, s, _ in missing:
-            result = run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
-            if not result.loaded:
-                trained.add(result.path.name)
+        for (spec, s, force), key in zip(missing, keys, strict=True):
+            if _train_unless_claimed(site, spec, s, force=force, protocol=protocol):
+                trained.add(key)
+                if force:
+                    _RETRAINED.add(key)
     results = []
     for spec, s in jobs:
         result = run(site, spec, s, force_retrain=force_retrain, verbose=False, protocol=protocol)
