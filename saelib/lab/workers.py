@@ -9,7 +9,12 @@ loads them. A run's result does not depend on where it was trained: the seed fix
 bitwise identical with 1 or 2 threads (tests/test_workers.py checks weights and metrics against a sequential
 sweep).
 
-    SAELIB_WORKERS=1 ./run_all.sh        # no worker processes (everything in the notebook's own process)
+    SAELIB_WORKERS=1 ./run_all.sh --lanes 1   # no worker processes (everything in the notebook's own process)
+
+`run_all.sh` itself runs two notebooks at a time by default (`--lanes 2`), each training in its own process with one
+thread (SAELIB_WORKERS=1): over the whole reproduction that keeps both cores busy through the parts of a notebook
+that are not sweeps (evaluation, probes, plotting) and through a sweep's last, odd run; the workers serve a notebook
+run on its own (interactively, or `run_all.sh --lanes 1`). Either way a run is trained once (saelib.lab.run_claims).
 
 Each worker rebuilds the site from `site.recipe()` (LMSite: model name, hook, scale...; the activations load from
 the on-disk cache the notebook's own site made) and refuses to train when the rebuilt site's key differs (e.g. an
