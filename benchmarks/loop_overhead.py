@@ -50,7 +50,7 @@ except ImportError:                                                  # older che
         return sae.loss
 
 SIZES = {"default": dict(d_in=128, d_sae=512, batch=1024, threads=1, steps=300),
-         "bench": dict(d_in=512, d_sae=4096, batch=4096, threads=2, steps=24)}
+         "bench": dict(d_in=512, d_sae=4096, batch=4096, threads=2, steps=72)}
 FAMILIES = ("standard", "gated", "jumprelu", "topk")
 LAMBDA = {"standard": 0.01, "gated": 0.01, "jumprelu": 1e-4, "topk": 0.0}
 
