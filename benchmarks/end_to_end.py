@@ -35,11 +35,12 @@ MODES = {"one-process": (["--lanes", "1"], {"SAELIB_WORKERS": "1", "OMP_NUM_THRE
          "workers": (["--lanes", "1"], {}),
          "lanes": (["--lanes", "2"], {})}
 DEFAULT_HOOK = "blocks.2.hook_resid_post"
+ONE_X = 1500 * 1024                     # the default scale's token budget (08's 3x runs are not shared)
 
 
 def shared_runs(runs: Path) -> list[Path]:
-    """The runs notebooks share: a family's own spec (no options but TopK's k, no training overrides) at the
-    default scale's site and budget, i.e. the frontiers and the learning-rate sweep."""
+    """The runs notebooks share: a family's own spec (no options but TopK's k, no training overrides but the LR
+    sweep's learning rate) at the default site and budget, i.e. the four frontiers and the learning-rate sweep."""
     out = []
     for d in sorted(runs.iterdir()):
         meta = d / "metrics.json"
@@ -48,7 +49,8 @@ def shared_runs(runs: Path) -> list[Path]:
         m = json.loads(meta.read_text())
         spec, site = m["spec"], m["site"]
         options_ok = spec["options"] == {} or (spec["architecture"] == "topk" and set(spec["options"]) == {"k"})
-        if (spec["label"] == spec["architecture"] and options_ok and spec["train"] == {}
+        tokens = m["train"]["total_steps"] * m["train"]["batch_size"]
+        if (options_ok and set(spec["train"]) <= {"lr"} and tokens == ONE_X
                 and isinstance(site, dict) and site.get("hook") == DEFAULT_HOOK and site.get("model") == "embedded"):
             out.append(d)
     return out
