@@ -108,3 +108,15 @@ def test_a_sweep_trains_the_unclaimed_runs_before_waiting_for_a_claimed_one(tmp_
     sweeper.join(timeout=120)                      # the claim is now stale: the sweep trains that run itself
     assert not sweeper.is_alive() and (paths[0] / "metrics.json").exists()
     assert [r.path for r in out[0]] == paths
+
+
+def test_an_empty_claim_is_live_briefly_then_stale(tmp_path):
+    run = tmp_path / "abc"
+    claim = run_claims.claim_path(run)
+    claim.write_text("")                                   # its owner has not written its pid yet
+    assert run_claims.claimed_by_other(run)
+    old = claim.stat().st_mtime - 2 * run_claims.EMPTY_CLAIM_GRACE
+    os.utime(claim, (old, old))                            # ... or died before it could
+    assert not run_claims.claimed_by_other(run)
+    assert run_claims.try_claim(run)
+    run_claims.release(run)

@@ -130,6 +130,13 @@ def run_path(site: Site, key: str) -> Path:
     return output_dir(site.scale.name) / "runs" / key
 
 
+def _planned(site: Site, spec: SAESpec, seed: int, protocol: Protocol | None) -> tuple[TrainConfig, dict, Path]:
+    """The exact TrainConfig, the SAE's constructor options and the cache folder of one run."""
+    cfg = train_config(spec, site.scale, seed, protocol)
+    options = effective_options(spec, protocol)
+    return cfg, options, run_path(site, run_key(site, spec, cfg, options))
+
+
 def evaluate(site: Site, sae: SAE) -> dict:
     """Metrics on the site's held-out activations (+ LM or ground-truth metrics from the site)."""
     m = evaluate_sae(sae, site.eval_acts)
@@ -171,7 +178,7 @@ def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device
     protocol: how to train (saelib.lab.protocol.Protocol; None: Protocol(), whose learning rates are untuned)."""
     if force_retrain is None:
         force_retrain = force_retrain_default()
-    key = run_key(site, spec, train_config(spec, site.scale, seed, protocol), effective_options(spec, protocol))
+    key = _planned(site, spec, seed, protocol)[2].name
     if force_retrain and key not in _RETRAINED:
         force = True
         _RETRAINED.add(key)
@@ -190,10 +197,7 @@ def run(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device
 def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, device: str = "cpu",
               protocol: Protocol | None = None) -> RunResult:
     """Train `spec` on `site` (seeded), evaluate it, and cache everything under outputs/<scale>/runs/."""
-    cfg = train_config(spec, site.scale, seed, protocol)
-    options = effective_options(spec, protocol)
-    key = run_key(site, spec, cfg, options)
-    path = run_path(site, key)
+    cfg, options, path = _planned(site, spec, seed, protocol)
     cached = None if force else load_cached_run(path, spec, device=device)
     while cached is None and not run_claims.try_claim(path):
         # another process (the other notebook of run_all.sh's pair, a worker) is training this run: wait, load
@@ -212,9 +216,7 @@ def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, 
 def _train_unless_claimed(site: Site, spec: SAESpec, seed: int, *, force: bool, protocol: Protocol | None) -> bool:
     """Train the run into the cache if it is missing (or `force`) and no other process has claimed it; True when
     trained here. Never waits: a sweep trains the unclaimed runs first and waits for the others afterwards."""
-    cfg = train_config(spec, site.scale, seed, protocol)
-    options = effective_options(spec, protocol)
-    path = run_path(site, run_key(site, spec, cfg, options))
+    cfg, options, path = _planned(site, spec, seed, protocol)
     if not force and (path / "metrics.json").exists():
         return False
     if not run_claims.try_claim(path):
@@ -289,9 +291,9 @@ def sweep(site: Site, specs: list[SAESpec], seed: int = 0, *, progress: bool = T
     missing: list[tuple[SAESpec, int, bool]] = []
     keys: list[str] = []                                 # the run keys of `missing`
     for spec, s in jobs:
-        key = run_key(site, spec, train_config(spec, site.scale, s, protocol), effective_options(spec, protocol))
+        path = _planned(site, spec, s, protocol)[2]
+        key = path.name
         force = force_retrain and key not in _RETRAINED
-        path = run_path(site, key)
         if key not in keys and (force or not (path / "metrics.json").exists()) \
                 and not run_claims.claimed_by_other(path):      # another process trains it: wait for it below
             missing.append((spec, s, force))

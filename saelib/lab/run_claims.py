@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 SUFFIX = ".training"
+EMPTY_CLAIM_GRACE = 10.0                    # seconds an empty claim file (its owner still writing it) counts as live
 
 
 def claim_path(run_dir: Path) -> Path:
@@ -38,8 +39,11 @@ def _owner(claim: Path) -> tuple[int, str] | None:
 def _alive(claim: Path) -> bool:
     """Is the claim held by a live process? (Another host's claim counts as live: its pid cannot be checked.)"""
     owner = _owner(claim)
-    if owner is None:                       # being written this instant, or removed: look again later
-        return claim.exists()
+    if owner is None:                       # being written this instant (live), or left empty by a crash (stale)
+        try:
+            return time.time() - claim.stat().st_mtime < EMPTY_CLAIM_GRACE
+        except FileNotFoundError:
+            return False
     pid, host = owner
     if host != socket.gethostname():
         return True
