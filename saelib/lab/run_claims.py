@@ -28,6 +28,10 @@ def claim_path(run_dir: Path) -> Path:
     return run_dir.with_name(run_dir.name + SUFFIX)
 
 
+def _me() -> tuple[int, str]:
+    return os.getpid(), socket.gethostname()
+
+
 def _owner(claim: Path) -> tuple[int, str] | None:
     try:
         pid, host = claim.read_text().split()
@@ -66,11 +70,11 @@ def try_claim(run_dir: Path) -> bool:
         except FileExistsError:
             if _alive(claim):
                 owner = _owner(claim)
-                return owner is not None and owner == (os.getpid(), socket.gethostname())
+                return owner == _me()
             claim.unlink(missing_ok=True)   # stale: its process died before finishing
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {socket.gethostname()}")
+            f.write("{} {}".format(*_me()))
         return True
     return False
 
@@ -80,13 +84,13 @@ def claimed_by_other(run_dir: Path) -> bool:
     claim = claim_path(run_dir)
     if not claim.exists() or not _alive(claim):
         return False
-    return _owner(claim) != (os.getpid(), socket.gethostname())
+    return _owner(claim) != _me()
 
 
 def release(run_dir: Path) -> None:
     """Remove this process's claim (after the run's metrics.json is written, or after a failure)."""
     claim = claim_path(run_dir)
-    if _owner(claim) == (os.getpid(), socket.gethostname()):
+    if _owner(claim) == _me():
         claim.unlink(missing_ok=True)
 
 
