@@ -2,10 +2,11 @@
 
     python benchmarks/end_to_end.py                                  # notebooks 05 and 06, the three modes
     python benchmarks/end_to_end.py --only 05 06 07 --modes one-process lanes
+    python benchmarks/end_to_end.py --all --empty-run-cache --modes one-process lanes   # the whole reproduction
 
 Each mode runs `run_all.sh --only ... --no-html --no-site` at default scale in a fresh clone of this checkout (so
-the checkout's notebooks, figures and run cache are untouched; the library imported is still this checkout's, through
-the editable install) whose run cache starts with the runs every notebook
+the checkout's notebooks, figures and run cache are untouched, and the clone's own saelib is imported, through
+PYTHONPATH, so editing the checkout meanwhile changes nothing) whose run cache starts with the runs every notebook
 shares (the learning-rate sweep and the four frontiers, hard-linked from outputs/default/runs: run the default
 reproduction once first) and whose activation cache is linked to this checkout's: what is timed is training the
 notebooks' own SAEs, evaluating them and executing the notebooks.
@@ -56,7 +57,7 @@ def shared_runs(runs: Path) -> list[Path]:
     return out
 
 
-def run_mode(mode: str, only: list[str], work: Path) -> dict:
+def run_mode(mode: str, only: list[str], work: Path, seed_runs: bool = True) -> dict:
     args, env_extra = MODES[mode]
     clone = work / mode
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -65,10 +66,11 @@ def run_mode(mode: str, only: list[str], work: Path) -> dict:
     runs = out_root / "default" / "runs"
     runs.mkdir(parents=True)
     (out_root / "default" / "cache").symlink_to(ROOT / "outputs" / "default" / "cache")
-    seeded = shared_runs(ROOT / "outputs" / "default" / "runs")
+    seeded = shared_runs(ROOT / "outputs" / "default" / "runs") if seed_runs else []
     for d in seeded:
         shutil.copytree(d, runs / d.name, copy_function=os.link)
-    env = os.environ | {"SAELIB_OUTPUT_DIR": str(out_root), "SAELIB_FIGURES_DIR": str(clone / "figures")} | env_extra
+    env = os.environ | {"SAELIB_OUTPUT_DIR": str(out_root), "SAELIB_FIGURES_DIR": str(clone / "figures"),
+                        "PYTHONPATH": str(clone)} | env_extra
     cmd = ["./run_all.sh", "--no-html", "--no-site", *args] + [a for n in only for a in ("--only", n)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
@@ -77,32 +79,38 @@ def run_mode(mode: str, only: list[str], work: Path) -> dict:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"{mode}: run_all.sh failed ({proc.returncode})")
     trained = sum(1 for d in runs.iterdir() if (d / "metrics.json").exists()) - len(seeded)
-    return {"mode": mode, "wall": wall, "trained": trained, "seeded": len(seeded)}
+    table = proc.stdout[proc.stdout.rfind("notebook "):] if "notebook " in proc.stdout else ""
+    return {"mode": mode, "wall": wall, "trained": trained, "seeded": len(seeded), "table": table}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", default=["05", "06"], help="notebook numbers (default: 05 06)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--all", action="store_true", help="every notebook (overrides --only)")
+    p.add_argument("--empty-run-cache", action="store_true",
+                   help="seed no runs: every mode trains every SAE, as ./run_all.sh from an empty run cache")
     p.add_argument("--keep", action="store_true", help="keep the clones and their outputs (printed)")
     args = p.parse_args(argv)
-    if not (ROOT / "outputs" / "default" / "runs").is_dir():
+    only = [] if args.all else args.only
+    if not args.empty_run_cache and not (ROOT / "outputs" / "default" / "runs").is_dir():
         raise SystemExit("outputs/default/runs is missing: run ./run_all.sh once first (its runs seed each mode)")
     work = Path(tempfile.mkdtemp(prefix="saelib-e2e-"))
     rows = []
     try:
         for mode in args.modes:
-            rows.append(run_mode(mode, args.only, work))
+            rows.append(run_mode(mode, only, work, seed_runs=not args.empty_run_cache))
             r = rows[-1]
             print(f"{mode:12s} {r['wall']:7.0f} s  {r['trained']:3d} SAEs trained "
                   f"({r['seeded']} shared runs seeded)", flush=True)
+            print(r["table"], flush=True)
     finally:
         if args.keep:
             print(f"kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     base = rows[0]["wall"]
-    print(f"\nnotebooks {' '.join(args.only)}, default scale; speed-up against {rows[0]['mode']}:")
+    print(f"\nnotebooks {' '.join(only) or 'all'}, default scale; speed-up against {rows[0]['mode']}:")
     for r in rows:
         print(f"  {r['mode']:12s} {r['wall']:7.0f} s   x{base / r['wall']:.2f}")
 
