@@ -12,7 +12,8 @@ Parameter names (ours -> SAELens):
     jumprelu        log_threshold -> threshold = exp(log_threshold)
     batchtopk       threshold (the running global threshold, one value per latent) -> threshold, written as
                     architecture "jumprelu": SAELens's own inference form of a BatchTopK SAE
-    gated           W_gate -> W_enc; b_gate, r_mag, b_mag, W_dec, b_dec
+    gated           W_gate -> W_enc; b_gate, r_mag, b_mag, W_dec, b_dec (mag_bias="tied" writes b_mag =
+                    exp(r_mag) b_gate for SAELens and recomputes it on loading)
                     (mag_weights="untied" also writes W_mag, which SAELens has no slot for: such a
                     folder reloads here but not in sae_lens)
 
@@ -80,7 +81,8 @@ def sae_lens_state(sae: SAE, *, metadata: dict | None = None) -> tuple[dict, dic
     check_choice("sae.architecture", sae.architecture, _SAE_LENS_NAMES)
     tensors = {}
     for lens_name, ours in _names(sae).items():
-        value = getattr(sae, ours).detach()
+        value = (sae.magnitude_bias() if isinstance(sae, GatedSAE) and ours == "b_mag"   # tied: computed
+                 else getattr(sae, ours)).detach()
         if ours == "log_threshold":
             value = torch.exp(value)                                   # theta = exp(log_threshold)
         tensors[lens_name] = value.contiguous().cpu().clone()
@@ -180,6 +182,8 @@ def sae_from_sae_lens_state(cfg: dict, tensors: dict[str, torch.Tensor], *, sour
         if lens_name not in tensors:
             raise _fail(source, f"missing parameter {lens_name!r} "
                                 f"(architecture {architecture!r} needs {sorted(names)})")
+        if ours == "b_mag" and sae.mag_bias == "tied":        # written for SAELens; ours is exp(r_mag) b_gate,
+            continue                                          # checked below once r_mag and b_gate are in
         value, target = tensors[lens_name], getattr(sae, ours)
         if tuple(value.shape) != tuple(target.shape):
             raise _fail(source, f"parameter {lens_name!r} has shape {tuple(value.shape)}, "
@@ -190,6 +194,10 @@ def sae_from_sae_lens_state(cfg: dict, tensors: dict[str, torch.Tensor], *, sour
         if ours == "r_mag" and not isinstance(target, torch.nn.Parameter) and torch.any(value != 0):
             raise _fail(source, "parameter 'r_mag' is non-zero but this Gated SAE has mag_weights='no_r_mag'")
         target.copy_(value.to(dtype))
+
+    if isinstance(sae, GatedSAE) and sae.mag_bias == "tied" and not torch.allclose(
+            tensors["b_mag"].to(dtype), sae.magnitude_bias(), rtol=1e-4, atol=1e-6):
+        raise _fail(source, "parameter 'b_mag' is not exp(r_mag) * b_gate but this Gated SAE has mag_bias='tied'")
 
     # SAELens options that change the forward pass: convert them to our conventions
     if not cfg.get("apply_b_dec_to_input", True):
@@ -209,8 +217,9 @@ def _absorb_b_dec_into_encoder(sae: SAE) -> None:
     if isinstance(sae, GatedSAE):
         shift = b_dec @ sae.W_gate.double()                           # [d_sae]
         sae.b_gate.add_(shift.to(sae.b_gate.dtype))
-        mag_shift = b_dec @ sae.W_mag.double() if sae.mag_weights == "untied" else shift * sae.r_mag.double().exp()
-        sae.b_mag.add_(mag_shift.to(sae.b_mag.dtype))
+        if sae.mag_bias == "free":                            # tied: exp(r_mag) b_gate moves with b_gate
+            mag_shift = b_dec @ sae.W_mag.double() if sae.mag_weights == "untied" else shift * sae.r_mag.double().exp()
+            sae.b_mag.add_(mag_shift.to(sae.b_mag.dtype))
     else:
         sae.b_enc.copy_((sae.b_enc.double() + b_dec @ sae.W_enc.double()).to(sae.b_enc.dtype))
 

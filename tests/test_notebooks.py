@@ -104,3 +104,9 @@ def test_claims_readme_block_is_refreshed(tmp_path, monkeypatch):
 def test_features_notebook_rejects_a_model_without_corpus_labels(tmp_path, monkeypatch):
     message = _error_of(_notebook("11"), tmp_path, monkeypatch, scale="smoke", model="gpt2-small")
     assert "model" in message and "'embedded'" in message
+
+
+@pytest.mark.parametrize("prefix, name", [("02", "tied_bias"), ("07", "init_ablation")])
+def test_ablation_switches_must_be_booleans(prefix, name, tmp_path, monkeypatch):
+    message = _error_of(_notebook(prefix), tmp_path, monkeypatch, scale="smoke", **{name: "yes"})
+    assert f"{name}='yes'" in message and "True, False" in message

@@ -48,15 +48,15 @@ def test_dead_features_get_the_anthropic_directions_and_fresh_adam_state():
     assert (f[torch.arange(3), dead.nonzero().squeeze(1)] > 0).all()
 
 
-@pytest.mark.parametrize("mag_weights", ["r_mag", "untied"])
-def test_gated_resampling_resets_the_magnitude_path(mag_weights):
+@pytest.mark.parametrize("mag_weights, mag_bias", [("r_mag", "free"), ("untied", "free"), ("r_mag", "tied")])
+def test_gated_resampling_resets_the_magnitude_path(mag_weights, mag_bias):
     torch.manual_seed(0)
-    sae = GatedSAE(8, 16, mag_weights=mag_weights)
+    sae = GatedSAE(8, 16, mag_weights=mag_weights, mag_bias=mag_bias)
     opt = _adam_with_state(sae)
     dead = torch.zeros(16, dtype=torch.bool)
     dead[[0, 7]] = True
     resample_dead_features(sae, opt, dead, torch.randn(2, 8))
-    assert (sae.b_gate[dead] == 0).all() and (sae.b_mag[dead] == 0).all()
+    assert (sae.b_gate[dead] == 0).all() and (sae.magnitude_bias()[dead] == 0).all()
     if mag_weights == "r_mag":
         assert (sae.r_mag[dead] == 0).all() and (sae.r_mag[~dead] != 0).all()
     else:

@@ -101,13 +101,15 @@ def _gated(**options):
         sae.b_gate.copy_(-sae.pre_activations(x)[0].quantile(0.9, dim=0))
         if isinstance(getattr(sae, "r_mag", None), torch.nn.Parameter):
             sae.r_mag.normal_(0, 0.3)
-        sae.b_mag.normal_(0, 0.2)
+        if sae.mag_bias == "free":
+            sae.b_mag.normal_(0, 0.2)
         sae.b_dec.normal_(0, 0.01)
     return sae, x
 
 
 GATED_OPTIONS = [{}, {"mag_weights": "no_r_mag"}, {"aux_decoder": "unfrozen"}, {"penalty": "decoder_norm"},
-                 {"penalty": "decoder_norm", "penalty_decoder": "frozen"}]
+                 {"penalty": "decoder_norm", "penalty_decoder": "frozen"}, {"mag_bias": "tied"},
+                 {"mag_bias": "tied", "mag_weights": "no_r_mag"}, {"encoder_init": "independent"}]
 
 
 @pytest.mark.parametrize("sparse", [True, False])

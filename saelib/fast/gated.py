@@ -35,7 +35,7 @@ def gated_step(sae: GatedSAE, x: torch.Tensor, sparsity_coeff: float | torch.Ten
     support = support_above(xW, (shift - sae.b_gate).detach(), max_density)       # pi_gate > 0
     decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     if support is None:
-        f, gate_relu = GatedActivations.apply(xW, sae.b_gate - shift, scale, sae.b_mag - scale * shift)
+        f, gate_relu = GatedActivations.apply(xW, sae.b_gate - shift, scale, sae.magnitude_bias() - scale * shift)
         gate_sum = gate_relu.sum(0)                                     # [d_sae]
         decode = _dense_decode                                          # codes W + b
     else:                                 # (index_select below: gathers with a deterministic backward)
@@ -43,7 +43,7 @@ def gated_step(sae: GatedSAE, x: torch.Tensor, sparsity_coeff: float | torch.Ten
         xW_centred = select_pre_activations(xW, support, x, sae.W_gate, None, sae.b_dec,  # x' W_gate
                                             product_only=True)                              # [nnz]
         gate_relu = xW_centred + sae.b_gate.index_select(0, cols)       # eq. 5: pi_gate > 0 here
-        f = torch.relu(torch.addcmul(sae.b_mag.index_select(0, cols), xW_centred,          # eqs. 6-8
+        f = torch.relu(torch.addcmul(sae.magnitude_bias().index_select(0, cols), xW_centred,   # eqs. 6-8
                                      scale.index_select(0, cols)))
         gate_sum = torch.zeros_like(sae.b_gate).index_add(0, cols, gate_relu)              # [d_sae]
         decode = partial(_sparse_decode, support)                       # the same, at the support

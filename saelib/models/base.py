@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from saelib.validation import check_positive
+from saelib.validation import check_choice, check_positive
+
+ENCODER_INITS = ("transpose", "independent")   # W_enc = W_dec^T at init | drawn on its own
 
 
 def random_directions(n: int, d: int, norm: float = 1.0) -> torch.Tensor:
@@ -108,13 +110,20 @@ class SAE(nn.Module):
         self.d_sae = d_sae
 
     def init_weights(self, decoder_init_norm: float, encoders: tuple[str, ...] = ("W_enc",),
-                     biases: tuple[str, ...] = ("b_enc",)) -> None:
+                     biases: tuple[str, ...] = ("b_enc",), encoder_init: str = "transpose") -> None:
         """Decoder rows: random directions of norm decoder_init_norm; every encoder = W_dec^T (at init
-        only); every bias zero. Registers W_dec, the encoders, the biases, b_dec (in that order)."""
+        only; Anthropic's April-2024 update), or with encoder_init="independent" its own random directions of
+        the same norm (the older independent initialisation, with only the tying changed); every bias zero.
+        Registers W_dec, the encoders, the biases, b_dec (in that order)."""
+        check_choice("encoder_init", encoder_init, ENCODER_INITS)
         W_dec = random_directions(self.d_sae, self.d_in, decoder_init_norm)   # [d_sae, d_in]
         self.W_dec = nn.Parameter(W_dec)
         for name in encoders:
-            setattr(self, name, nn.Parameter(W_dec.T.clone()))                 # [d_in, d_sae]
+            if encoder_init == "transpose":
+                W_enc = W_dec.T.clone()                                        # W_enc = W_dec^T  [d_in, d_sae]
+            else:
+                W_enc = random_directions(self.d_sae, self.d_in, decoder_init_norm).T.clone()   # independent
+            setattr(self, name, nn.Parameter(W_enc))                           # [d_in, d_sae]
         for name in biases:
             setattr(self, name, nn.Parameter(torch.zeros(self.d_sae)))         # [d_sae]
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))                      # [d_in]

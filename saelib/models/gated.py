@@ -18,6 +18,11 @@ Options (the paper's ablations and the April-2024 penalty study):
     penalty         "l1" (default) | "decoder_norm": lambda * sum_i ReLU(pi_gate)_i ||W_dec[i]||
     penalty_decoder "unfrozen" | "frozen": with "decoder_norm", whether W_dec is stop-gradient inside the
                     penalty
+    mag_bias        "free" (default) | "tied": b_mag = exp(r_mag) * b_gate, not a parameter. Then pi_mag =
+                    exp(r_mag) * pi_gate, theta = 0 and f = exp(r_mag) * ReLU(pi_gate): a ReLU SAE with a learned
+                    per-feature rescale, trained from scratch with the Gated loss (compare "baseline + rescale &
+                    shift", which learns the rescale and a shift after the fact)
+    encoder_init    "transpose" (default: W_gate = W_dec^T at init) | "independent" (see SAE.init_weights)
 With tying, a Gated SAE is exactly a JumpReLU SAE (see to_jumprelu).
 
 loss() is the plain dense computation; training calls saelib.fast.training_loss(sae), its faster twin
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from saelib.models.relu import ReLUSAE
 
 MAG_WEIGHTS = ("r_mag", "no_r_mag", "untied")
+MAG_BIAS = ("free", "tied")
 AUX_DECODER = ("frozen", "unfrozen")
 PENALTIES = ("l1", "decoder_norm")
 PENALTY_DECODER = ("unfrozen", "frozen")
@@ -55,12 +61,16 @@ class GatedSAE(SAE):
     def __init__(self, d_in: int, d_sae: int, mag_weights: str = "r_mag", aux_decoder: str = "frozen",
                  penalty: str = "l1", penalty_decoder: str = "unfrozen",
                  normalize_decoder: bool | None = None, decoder_init_norm: float | None = None,
-                 resample: bool | None = None):
+                 resample: bool | None = None, mag_bias: str = "free", encoder_init: str = "transpose"):
         super().__init__(d_in, d_sae)
         check_choice("mag_weights", mag_weights, MAG_WEIGHTS)
         check_choice("aux_decoder", aux_decoder, AUX_DECODER)
         check_choice("penalty", penalty, PENALTIES)
         check_choice("penalty_decoder", penalty_decoder, PENALTY_DECODER)
+        check_choice("mag_bias", mag_bias, MAG_BIAS)
+        if mag_bias == "tied" and mag_weights == "untied":
+            raise ValueError("mag_bias='tied' needs W_mag tied to W_gate; allowed mag_weights with it: "
+                             "'r_mag', 'no_r_mag'")
         l1 = penalty == "l1"
         if normalize_decoder is None:
             normalize_decoder = l1          # unit-norm decoder with L1; free norms with the April penalty
@@ -73,9 +83,11 @@ class GatedSAE(SAE):
         self.normalize_decoder = bool(normalize_decoder)
         self.decoder_init_norm = float(decoder_init_norm)
         self.resample = l1 if resample is None else bool(resample)
+        self.mag_bias, self.encoder_init = mag_bias, encoder_init
 
         self.init_weights(self.decoder_init_norm, encoders=("W_gate",),     # W_gate = W_dec^T at init,
-                          biases=("b_gate", "b_mag"))                       # zero biases
+                          biases=("b_gate", "b_mag") if mag_bias == "free" else ("b_gate",),   # zero biases
+                          encoder_init=encoder_init)
         if mag_weights == "r_mag":
             self.r_mag = nn.Parameter(torch.zeros(d_sae))                   # [d_sae]
         elif mag_weights == "no_r_mag":
@@ -92,7 +104,7 @@ class GatedSAE(SAE):
         return {**super().config(), "mag_weights": self.mag_weights, "aux_decoder": self.aux_decoder,
                 "penalty": self.penalty, "penalty_decoder": self.penalty_decoder,
                 "normalize_decoder": self.normalize_decoder, "decoder_init_norm": self.decoder_init_norm,
-                "resample": self.resample}
+                "resample": self.resample, "mag_bias": self.mag_bias, "encoder_init": self.encoder_init}
 
     def pre_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """(pi_gate, pi_mag), each [batch, d_sae]; the tied variants share one encoder matmul."""
@@ -102,8 +114,12 @@ class GatedSAE(SAE):
                     centred_matmul(x, self.W_mag, self.b_mag, self.b_dec))
         z = centred_matmul(x, self.W_gate, None, self.b_dec)               # x' W_gate  [batch, d_sae]
         pi_gate = z + self.b_gate                                           # eq. 5
-        pi_mag = z * torch.exp(self.r_mag) + self.b_mag                     # eqs. 6, 8: W_mag = exp(r_mag) W_gate
+        pi_mag = z * torch.exp(self.r_mag) + self.magnitude_bias()          # eqs. 6, 8: W_mag = exp(r_mag) W_gate
         return pi_gate, pi_mag
+
+    def magnitude_bias(self) -> torch.Tensor:                               # [d_sae]
+        """b_mag: the parameter, or exp(r_mag) * b_gate with mag_bias="tied"."""
+        return torch.exp(self.r_mag) * self.b_gate if self.mag_bias == "tied" else self.b_mag
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pi_gate, pi_mag = self.pre_activations(x)
@@ -142,7 +158,7 @@ class GatedSAE(SAE):
         if self.mag_weights == "untied":
             raise ValueError("mag_weights='untied' has no equivalent JumpReLU SAE; "
                              "allowed for to_jumprelu: 'r_mag', 'no_r_mag'")
-        return self.b_mag - torch.exp(self.r_mag) * self.b_gate
+        return self.magnitude_bias() - torch.exp(self.r_mag) * self.b_gate    # exactly 0 with mag_bias="tied"
 
     @torch.no_grad()
     def to_jumprelu(self) -> JumpReLUSAE:
@@ -158,7 +174,7 @@ class GatedSAE(SAE):
         sae = JumpReLUSAE(self.d_in, self.d_sae, normalize_decoder=self.normalize_decoder)
         sae = sae.to(device=self.W_dec.device, dtype=self.W_dec.dtype)
         sae.W_enc.copy_(self.W_gate * torch.exp(self.r_mag))
-        sae.b_enc.copy_(self.b_mag)
+        sae.b_enc.copy_(self.magnitude_bias())
         sae.log_threshold.copy_(torch.log(theta))                           # log 0 = -inf -> theta = 0
         sae.W_dec.copy_(self.W_dec)
         sae.b_dec.copy_(self.b_dec)
