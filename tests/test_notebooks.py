@@ -89,16 +89,23 @@ def test_figures_readme_lists_exactly_the_committed_figures():
 
 
 def test_claims_readme_block_is_refreshed(tmp_path, monkeypatch):
-    from saelib.lab.claims import README_END, README_START, Claims, update_readme
+    from saelib.lab.claims import README_END, README_START, SUMMARY_END, SUMMARY_START, Claims, update_readme
 
     monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
-    Claims("99_test", "smoke").add("a claim", "a source", "1", "2", holds=False)
+    claims = Claims("99_test", "smoke")
+    claims.add("a claim", "a source", "1", "2", holds=False)
+    claims.add("another claim", "a source", "1", "1", holds=True)
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{README_START}\nstale table\n{README_END}\nend\n")
+    readme.write_text(f"intro\n{SUMMARY_START}\n30 of 45 hold\n{SUMMARY_END}\nmiddle\n"
+                      f"{README_START}\nstale table\n{README_END}\nend\n")
     assert update_readme(readme, "smoke")
     text = readme.read_text()
     assert "stale table" not in text and "| 99_test | — | a claim |" in text
     assert "**no**" in text and text.endswith("end\n")
+    assert "30 of 45" not in text and "1 of 2 claims hold" in text
+    assert "| `99_test` (1 of 2) | another claim | a claim |" in text
+    readme.write_text(f"intro\n{README_START}\nstale\n{README_END}\n")      # the summary block is optional
+    assert update_readme(readme, "smoke") and "| 99_test | — | a claim |" in readme.read_text()
 
 
 def test_features_notebook_rejects_a_model_without_corpus_labels(tmp_path, monkeypatch):

@@ -151,20 +151,46 @@ def assemble(scale: str) -> Path:
     return out
 
 
+def summary_table(items: list[Claim]) -> str:
+    """The README's short results table: the count, then per notebook which claims hold and which do not."""
+    held = sum(c.holds for c in items)
+    lines = [f"{held} of {len(items)} claims hold. Per notebook (each claim's numbers, seeds and verdict rule are in "
+             "the full table below and in [`figures/CLAIMS.md`](figures/CLAIMS.md)):", "",
+             "| notebook | holds | does not hold |", "|---|---|---|"]
+    by_notebook: dict[str, list[Claim]] = {}
+    for c in items:
+        by_notebook.setdefault(c.notebook, []).append(c)
+    for notebook, cs in by_notebook.items():
+        cells = [f"`{notebook}` ({sum(c.holds for c in cs)} of {len(cs)})",
+                 "; ".join(c.claim for c in cs if c.holds) or "—",
+                 "; ".join(c.claim for c in cs if not c.holds) or "—"]
+        lines.append("| " + " | ".join(x.replace("|", "/").replace("\n", " ") for x in cells) + " |")
+    return "\n".join(lines)
+
+
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- claims-summary:start -->", "<!-- claims-summary:end -->"
+
+
+def _replace_block(text: str, start: str, end: str, body: str) -> str | None:
+    """text with the part between the markers start and end replaced by body; None when a marker is absent."""
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
 def update_readme(readme: str | Path, scale: str) -> bool:
-    """Replace the block between README_START and README_END in `readme` with the claims table.
-    Returns False (and changes nothing) when the markers are absent."""
+    """Replace the block between README_START and README_END in `readme` with the claims table, and the block
+    between SUMMARY_START and SUMMARY_END (if present) with summary_table. Returns False (and changes nothing)
+    when the table's markers are absent."""
     readme = Path(readme)
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
+    items = load_claims(scale)
+    text = _replace_block(readme.read_text(), README_START, README_END, markdown_table(items))
+    if text is None:
         return False
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    table = markdown_table(load_claims(scale))
-    atomic_write_text(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    text = _replace_block(text, SUMMARY_START, SUMMARY_END, summary_table(items)) or text
+    atomic_write_text(readme, text)
     return True
 
 
