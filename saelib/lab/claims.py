@@ -120,13 +120,17 @@ def parse_where(cell: str) -> tuple[str, str]:
     return (m.group("section") or "", m.group("figure") or "") if m else ("", "")
 
 
+def _row(cells: list) -> str:
+    """One markdown table row; a pipe or newline inside a cell would break the table."""
+    return "| " + " | ".join(str(x).replace("|", "/").replace("\n", " ") for x in cells) + " |"
+
+
 def markdown_table(items: list[Claim]) -> str:
     lines = ["| notebook | where | claim | source | paper's figure | expected | observed (mean ± sd) | seeds "
              "| verdict rule | holds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in items:
-        cells = [c.notebook, where(c), c.claim, c.source, c.paper or "—", c.expected, c.observed,
-                 "—" if c.n_seeds is None else c.n_seeds, c.rule or "—", "yes" if c.holds else "**no**"]
-        lines.append("| " + " | ".join(str(x).replace("|", "/").replace("\n", " ") for x in cells) + " |")
+        lines.append(_row([c.notebook, where(c), c.claim, c.source, c.paper or "—", c.expected, c.observed,
+                           "—" if c.n_seeds is None else c.n_seeds, c.rule or "—", "yes" if c.holds else "**no**"]))
     return "\n".join(lines)
 
 
@@ -161,10 +165,9 @@ def summary_table(items: list[Claim]) -> str:
     for c in items:
         by_notebook.setdefault(c.notebook, []).append(c)
     for notebook, cs in by_notebook.items():
-        cells = [f"`{notebook}` ({sum(c.holds for c in cs)} of {len(cs)})",
-                 "; ".join(c.claim for c in cs if c.holds) or "—",
-                 "; ".join(c.claim for c in cs if not c.holds) or "—"]
-        lines.append("| " + " | ".join(x.replace("|", "/").replace("\n", " ") for x in cells) + " |")
+        lines.append(_row([f"`{notebook}` ({sum(c.holds for c in cs)} of {len(cs)})",
+                           "; ".join(c.claim for c in cs if c.holds) or "—",
+                           "; ".join(c.claim for c in cs if not c.holds) or "—"]))
     return "\n".join(lines)
 
 
