@@ -40,3 +40,15 @@ def test_log_x_frontier_labels_ticks_as_plain_numbers():
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
     assert {"2", "5", "10", "20", "50"} <= set(labels)
     assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]
+
+
+def test_frontier_colors_override_the_family_colour_for_the_groups_they_name():
+    from matplotlib.colors import to_hex
+
+    from saelib.lab.plotting import COLORS, plot_frontier
+
+    fig, ax = new_figure()
+    rows = [{"label": name, "l0": l0, "fvu": 0.1 / l0} for name in ("gated", "gated variant") for l0 in (2, 8)]
+    plot_frontier(ax, rows, x="l0", y="fvu", colors={"gated variant": "#ff7f0e"})
+    colors = {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines()}
+    assert colors == {"gated": COLORS["gated"], "gated variant": "#ff7f0e"}

@@ -207,9 +207,10 @@ def _finite(v: Any) -> bool:
 
 def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "label",
                   logx: bool = False, logy: bool = False, marker: str = "o", annotate: str | None = None,
-                  errors: bool = True, linestyle: str = "-"):
+                  errors: bool = True, linestyle: str = "-", colors: Mapping[str, str] | None = None):
     """One line per group through the (x, y) points of `rows` (dicts), sorted by x (`linestyle` and `marker`
-    tell apart two sets of the same groups, e.g. two budgets).
+    tell apart two sets of the same groups, e.g. two budgets). Colours come from color_for (a family's own colour,
+    else the cycle), or from `colors` (group name -> colour) for the groups it names.
 
     With `errors`, rows that carry `<y>_sd` (and/or `<x>_sd`), e.g. from saelib.lab.pareto.seed_summary, get
     error bars of ± 1 sd. Axis labels come from label_for (words with units)."""
@@ -219,7 +220,7 @@ def plot_frontier(ax, rows: Iterable[Mapping], x: str, y: str, group: str = "lab
     for i, (name, pts) in enumerate(groups.items()):
         pts = sorted(pts, key=lambda r: r[x])
         xs, ys = [p[x] for p in pts], [p[y] for p in pts]
-        color = color_for(name, i)
+        color = (colors or {}).get(name) or color_for(name, i)
         yerr = [p.get(f"{y}_sd") for p in pts] if errors else []
         xerr = [p.get(f"{x}_sd") for p in pts] if errors else []
         has_y, has_x = any(_finite(e) for e in yerr), any(_finite(e) for e in xerr)
