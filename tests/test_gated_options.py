@@ -72,3 +72,9 @@ def test_bad_options_name_the_parameter_and_the_allowed_values():
         GatedSAE(8, 16, mag_bias="tied", mag_weights="untied")
     with pytest.raises(ValueError, match="encoder_init='kaiming'.*" + ".*".join(map(repr, ENCODER_INITS))):
         GatedSAE(8, 16, encoder_init="kaiming")
+
+
+def test_untied_magnitude_weights_start_as_the_gate_encoder_under_either_initialisation():
+    for init in ENCODER_INITS:
+        sae = _gated(mag_weights="untied", encoder_init=init)
+        assert torch.equal(sae.W_mag, sae.W_gate) and sae.W_mag.data_ptr() != sae.W_gate.data_ptr()

@@ -93,7 +93,7 @@ class GatedSAE(SAE):
         elif mag_weights == "no_r_mag":
             self.register_buffer("r_mag", torch.zeros(d_sae))              # fixed at 0: W_mag = W_gate
         else:
-            self.W_mag = nn.Parameter(self.W_dec.detach().T.clone())        # [d_in, d_sae]
+            self.W_mag = nn.Parameter(self.W_gate.detach().clone())         # = W_gate at init  [d_in, d_sae]
             self._input_weights = ("W_gate", "W_mag")
 
     @property
