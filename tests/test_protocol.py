@@ -10,6 +10,7 @@ from saelib.lab.pareto import (
     Paired,
     common_l0_range,
     judge,
+    log_spaced,
     mean_sd,
     paired_at_equal_l0,
     paired_at_points,
@@ -126,6 +127,19 @@ def test_paired_log_ratios_at_log_spaced_l0s_in_the_common_range():
         # power laws are interpolated exactly, so each seed's log-ratio is log(c_seed / 1)
         assert p.differences == pytest.approx([math.log(0.5), math.log(0.55), math.log(0.45)])
     assert paired_at_equal_l0(a, frontier(0, 1.0, l0s=(100.0, 200.0)), "y") == []
+
+
+def test_log_spaced_ends_exactly_at_the_range_so_no_seed_is_lost_at_the_edge():
+    assert log_spaced(4.0, 32.0, 3) == pytest.approx([4.0, math.sqrt(128.0), 32.0])
+    assert log_spaced(5.52, 98.387, 3)[-1] == 98.387        # 5.52 * (98.387 / 5.52) ** 1.0 is 98.38700000000001
+    assert log_spaced(2.0, 2.0, 3) == [2.0] and log_spaced(2.0, 8.0, 1) == [2.0]
+    with pytest.raises(ValueError, match="n"):
+        log_spaced(1.0, 2.0, 0)
+    # a seed whose frontier ends exactly at the top of the common range is still compared there
+    a = [r for s in range(3) for r in frontier(s, 0.5, l0s=(5.52, 20.0, 98.387 if s == 0 else 120.0), label="a")]
+    b = [r for s in range(3) for r in frontier(s, 1.0, l0s=(2.0, 30.0, 200.0), label="b")]
+    assert common_l0_range(a, b) == (5.52, 98.387)
+    assert [p.seeds for p in paired_at_equal_l0(a, b, "y", n_l0=3)] == [(0, 1, 2)] * 3
 
 
 def test_seeds_are_paired_only_where_both_sides_have_them():

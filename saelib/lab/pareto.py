@@ -18,6 +18,7 @@ Several seeds (rows carry "seed", and "point": the same for every seed of one sp
 
     table = seed_summary(rows, ["l0", "delta_lm_loss"])       # one row per point: mean, <metric>_sd, n_seeds
     paired = paired_at_equal_l0(gated_rows, relu_rows, "delta_lm_loss")    # at log-spaced L0s in the overlap
+    l0s = log_spaced(*common_l0_range(a_rows, b_rows, c_rows), 3)       # the same L0s for several pairs
     paired = paired_at_points(ablation_rows, gated_rows, "delta_lm_loss")  # each point vs the frontier
     paired = compare_gaps(paired_b, paired_c)   # two arms' gaps to one reference frontier, seed by seed
     result = judge(paired, expect="lower")      # .holds, .observed (mean ± sd per L0), .rule, .n_seeds
@@ -150,6 +151,20 @@ def common_l0_range(*row_sets: Sequence[Mapping], x: str = "l0") -> tuple[float,
     return (low, high) if 0 < low <= high else None
 
 
+def log_spaced(low: float, high: float, n: int) -> list[float]:
+    """n values spaced evenly in log between low and high, with the end points exactly low and high.
+
+    (low * (high / low) ** 1.0 can land one rounding step above `high`: a frontier whose largest L0 is `high`
+    would then read nan there and lose that seed from the comparison.)"""
+    check_positive("n", n, integer=True)
+    check_positive("low", low)
+    check_positive("high", high)
+    if n == 1 or high == low:
+        return [float(low)]
+    inner = [low * (high / low) ** (i / (n - 1)) for i in range(1, n - 1)]
+    return [float(low), *(min(max(v, low), high) for v in inner), float(high)]
+
+
 def paired_at_equal_l0(rows: Sequence[Mapping], reference: Sequence[Mapping], y: str, *,
                        l0s: Sequence[float] | None = None, n_l0: int = 3, x: str = "l0",
                        log_ratio: bool | None = None) -> list[Paired]:
@@ -165,8 +180,7 @@ def paired_at_equal_l0(rows: Sequence[Mapping], reference: Sequence[Mapping], y:
         span = common_l0_range([r for s in seeds for r in a_seeds[s]], [r for s in seeds for r in b_seeds[s]], x=x)
         if span is None:
             return []
-        lo, hi = span
-        l0s = [lo] if n_l0 == 1 or hi == lo else [lo * (hi / lo) ** (i / (n_l0 - 1)) for i in range(n_l0)]
+        l0s = log_spaced(*span, n_l0)
     out = []
     for l0 in l0s:
         kept, va, vb = [], [], []
