@@ -108,6 +108,34 @@ def test_claims_readme_block_is_refreshed(tmp_path, monkeypatch):
     assert update_readme(readme, "smoke") and "| 99_test | — | a claim |" in readme.read_text()
 
 
+def test_claims_at_two_scales_side_by_side(tmp_path, monkeypatch):
+    from saelib.lab.claims import Claims, assemble_comparison, run_parameters
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
+    base, other = Claims("99_test", "smoke"), Claims("99_test", "long")
+    base.add("kept", "s", "e", "0.1 ± 0.01", holds=True, n_seeds=3)
+    base.add("flips", "s", "e", "0.2", holds=True, n_seeds=3)
+    base.add("only at smoke", "s", "e", "x", holds=False)
+    other.add("kept", "s", "e", "0.05 ± 0.01", holds=True, n_seeds=3)
+    other.add("flips", "s", "e", "0.3", holds=False, n_seeds=2)
+    other.add("only at long", "s", "e", "y", holds=False)
+    Claims("98_not_run_long", "smoke").add("elsewhere", "s", "e", "z", holds=True)
+    executed = tmp_path / "long" / "executed"
+    executed.mkdir(parents=True)
+    executed.joinpath("99_test.ipynb").write_text(json.dumps({"cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": ["scale = 'default'\n"]},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]},
+         "source": ["# Parameters\n", "scale = \"long\"\n", "families = [\"standard\", \"gated\"]\n"]}]}))
+    assert run_parameters("long") == {"99_test": ['scale = "long"', 'families = ["standard", "gated"]']}
+    text = assemble_comparison("smoke", "long").read_text()
+    assert "2 claims made at both scales; the verdict differs for 1 of them." in text
+    assert "| 99_test | kept | yes | yes | no | 0.1 ± 0.01 | 0.05 ± 0.01 | 3 / 3 |" in text
+    assert "| 99_test | flips | yes | **no** | **yes** | 0.2 | 0.3 | 3 / 2 |" in text
+    assert "- 99_test: only at long — **no**" in text and "only at smoke" not in text
+    assert "elsewhere" not in text                       # notebooks not run at the other scale are not compared
+    assert '`scale = "long"`; `families = ["standard", "gated"]`' in text
+
+
 def test_features_notebook_rejects_a_model_without_corpus_labels(tmp_path, monkeypatch):
     message = _error_of(_notebook("11"), tmp_path, monkeypatch, scale="smoke", model="gpt2-small")
     assert "model" in message and "'embedded'" in message
