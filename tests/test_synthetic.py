@@ -126,3 +126,28 @@ def test_feature_recovery():
 def test_invalid_settings_name_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SyntheticActivations(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"correlation": 0.5, "group_size": 4, "noise_std": 0.1}])
+def test_sampling_in_row_chunks_equals_one_draw_and_one_product(kwargs, monkeypatch):
+    """Uniforms, codes and x are made a row chunk at a time (memory); they must equal the plain version: one
+    [n, n_features] draw of each, codes by one masked assignment, x by one product."""
+    import saelib.eval.synthetic as synthetic
+
+    data = SyntheticActivations(seed=3, n_features=32, d_in=8, **kwargs)
+    g = torch.Generator().manual_seed(11)                      # the plain version
+    u = torch.rand(1000, 32, generator=g)
+    if "correlation" in kwargs:
+        shared = torch.rand(1000, int(data.group.max()) + 1, generator=g)
+        u = torch.where(torch.rand(1000, 32, generator=g) < 0.5, shared[:, data.group], u)
+    active = u < data.frequencies
+    codes = torch.zeros(1000, 32)
+    codes[active] = torch.empty(int(active.sum())).exponential_(1.0 / data.magnitude_mean, generator=g)
+    x = codes @ data.directions + data.bias
+    if "noise_std" in kwargs:
+        x = x + 0.1 * torch.randn(1000, 8, generator=g)
+    chunks = synthetic._row_chunks
+    monkeypatch.setattr(synthetic, "_row_chunks", lambda n, width: chunks(n, width, elements=32 * 77))
+    got_x, got_codes = data.sample(1000, seed=11, return_codes=True)          # 13 chunks of 77 rows
+    assert torch.equal(got_codes, codes) and torch.equal(got_x, x)
+    assert torch.equal(data.sample(1000, seed=11), x)

@@ -40,6 +40,13 @@ from saelib.validation import check_choice, check_positive, check_range, check_s
 MAGNITUDES = ("exponential", "uniform", "half_normal", "constant")
 
 
+def _row_chunks(n: int, width: int, elements: int = 1 << 24) -> Iterator[slice]:
+    """Consecutive row slices of about `elements` entries each, covering rows 0..n-1."""
+    step = max(1, elements // max(1, width))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
 @dataclass
 class SyntheticActivations:
     d_in: int = 64
@@ -115,31 +122,56 @@ class SyntheticActivations:
             return torch.randn(count, generator=g).abs() * (mean * (torch.pi / 2) ** 0.5)
         return torch.full((count,), float(mean))           # constant
 
-    def _codes(self, n: int, g: torch.Generator) -> torch.Tensor:  # [n, n_features], non-negative
-        u = torch.rand(n, self.n_features, generator=g)                     # own draws
+    def _draw(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which features fire (a [n, n_features] bool) and their magnitudes (in row-major order of the firing
+        entries). a_i = 1[u_i < p_i], u_i the token's own uniform draw or, for correlated groups with
+        probability `correlation`, its group's shared draw: still uniform, so p_i is exact."""
+        active = self._compare_rows(n, self.n_features, g)                  # 1[u < p], [n, n_features]
         if self.correlation > 0 and self.group_size > 1:
             shared = torch.rand(n, int(self.group.max()) + 1, generator=g)  # one draw per group
-            follow = torch.rand(n, self.n_features, generator=g) < self.correlation
-            u = torch.where(follow, shared[:, self.group], u)                # still uniform: p_i exact
-        active = u < self.frequencies                                       # a_i, [n, n_features]
-        codes = torch.zeros(n, self.n_features)
-        codes[active] = self._magnitudes(int(active.sum()), g)              # c_i = a_i * m_i
-        return codes
+            for rows in _row_chunks(n, self.n_features):
+                follow = torch.rand(rows.stop - rows.start, self.n_features, generator=g) < self.correlation
+                active[rows] = torch.where(follow, shared[rows][:, self.group] < self.frequencies, active[rows])
+        return active, self._magnitudes(int(torch.count_nonzero(active)), g)   # c_i = a_i * m_i
+
+    def _compare_rows(self, n: int, width: int, g: torch.Generator) -> torch.Tensor:
+        """1[u < p] for u ~ U(0, 1) of shape [n, width], drawn chunk by chunk."""
+        active = torch.empty(n, width, dtype=torch.bool)
+        for rows in _row_chunks(n, width):
+            active[rows] = torch.rand(rows.stop - rows.start, width, generator=g) < self.frequencies
+        return active
 
     def sample(self, n: int, *, seed: int | None = None, return_codes: bool = False):
         """[n, d_in] activations x (and the [n, n_features] true codes c if return_codes).
 
         Successive calls continue one seeded stream; pass `seed` for a fixed set drawn from an
-        independent stream (e.g. held-out evaluation data)."""
+        independent stream (e.g. held-out evaluation data).
+
+        Memory: the uniforms and the codes are made a row chunk at a time (the same numbers as one [n, n_features]
+        draw and one product: the generator fills row by row, and each row of x is its own product), so
+        millions of tokens need the [n, n_features] firing mask (one byte per entry) and x, not several float
+        copies of the codes."""
         check_positive("n", n, integer=True)
         if seed is not None:
             check_seed(seed)
         g = self._generator if seed is None else torch.Generator().manual_seed(seed)
-        codes = self._codes(n, g)
-        x = codes @ self.directions + self.bias                              # [n, d_in]
+        active, magnitudes = self._draw(n, g)
+        x = torch.empty(n, self.d_in)
+        all_codes = torch.zeros(n, self.n_features) if return_codes else None
+        used = 0
+        for rows in _row_chunks(n, self.n_features):
+            fire = active[rows]                                              # [rows, n_features]
+            codes = torch.zeros(fire.shape)
+            k = int(torch.count_nonzero(fire))
+            codes[fire] = magnitudes[used:used + k]
+            used += k
+            x[rows] = codes @ self.directions                                # [rows, d_in]
+            if all_codes is not None:
+                all_codes[rows] = codes
+        x += self.bias
         if self.noise_std > 0:
             x = x + self.noise_std * torch.randn(n, self.d_in, generator=g)
-        return (x, codes) if return_codes else x
+        return (x, all_codes) if return_codes else x
 
     def batches(self, batch_size: int, n_batches: int | None = None) -> Iterator[torch.Tensor]:
         """Yield [batch_size, d_in] batches from the seeded stream (forever if n_batches is None)."""
