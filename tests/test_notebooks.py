@@ -131,7 +131,8 @@ def test_claims_at_two_scales_side_by_side(tmp_path, monkeypatch):
     assert "2 claims made at both scales; the verdict differs for 1 of them." in text
     assert "| 99_test | kept | yes | yes | no | 0.1 ± 0.01 | 0.05 ± 0.01 | 3 / 3 |" in text
     assert "| 99_test | flips | yes | **no** | **yes** | 0.2 | 0.3 | 3 / 2 |" in text
-    assert "- 99_test: only at long — **no**" in text and "only at smoke" not in text
+    assert "Made at long only:\n\n- 99_test: only at long — **no**" in text
+    assert "Made at smoke only:\n\n- 99_test: only at smoke — **no**" in text
     assert "elsewhere" not in text                       # notebooks not run at the other scale are not compared
     assert '`scale = "long"`; `families = ["standard", "gated"]`' in text
 

@@ -189,7 +189,8 @@ def run_parameters(scale: str) -> dict[str, list[str]]:
 
 def compare_scales(base: list[Claim], other: list[Claim], base_scale: str, other_scale: str) -> str:
     """A markdown table of the claims made at both scales (matched by notebook and claim text): each verdict, each
-    observed text and seed count, and whether the verdict changed; then the claims made at one scale only."""
+    observed text and seed count, and whether the verdict changed; then the claims made at one scale only (pass
+    `base` restricted to the notebooks run at both scales)."""
     other_by_key = {(c.notebook, c.claim): c for c in other}
     both = [(c, other_by_key[(c.notebook, c.claim)]) for c in base if (c.notebook, c.claim) in other_by_key]
     verdict = {True: "yes", False: "**no**"}
@@ -203,10 +204,11 @@ def compare_scales(base: list[Claim], other: list[Claim], base_scale: str, other
                            "**yes**" if a.holds != b.holds else "no", a.observed, b.observed,
                            f"{'—' if a.n_seeds is None else a.n_seeds} / {'—' if b.n_seeds is None else b.n_seeds}"]))
     base_keys = {(c.notebook, c.claim) for c in base}
-    only_other = [c for c in other if (c.notebook, c.claim) not in base_keys]
-    if only_other:
-        lines += ["", f"Made at {other_scale} only:", ""]
-        lines += [f"- {c.notebook}: {c.claim} — {verdict[c.holds]}" for c in only_other]
+    for scale, only in ((base_scale, [c for c in base if (c.notebook, c.claim) not in other_by_key]),
+                        (other_scale, [c for c in other if (c.notebook, c.claim) not in base_keys])):
+        if only:
+            lines += ["", f"Made at {scale} only:", ""]
+            lines += [f"- {c.notebook}: {c.claim} — {verdict[c.holds]}" for c in only]
     return "\n".join(lines)
 
 
