@@ -127,12 +127,17 @@ def _row(cells: list) -> str:
     return "| " + " | ".join(str(x).replace("|", "/").replace("\n", " ") for x in cells) + " |"
 
 
+def verdict(c: Claim) -> str:
+    """The "holds" cell: yes, or a bold no."""
+    return "yes" if c.holds else "**no**"
+
+
 def markdown_table(items: list[Claim]) -> str:
     lines = ["| notebook | where | claim | source | paper's figure | expected | observed (mean ± sd) | seeds "
              "| verdict rule | holds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in items:
         lines.append(_row([c.notebook, where(c), c.claim, c.source, c.paper or "—", c.expected, c.observed,
-                           "—" if c.n_seeds is None else c.n_seeds, c.rule or "—", "yes" if c.holds else "**no**"]))
+                           "—" if c.n_seeds is None else c.n_seeds, c.rule or "—", verdict(c)]))
     return "\n".join(lines)
 
 
@@ -193,14 +198,13 @@ def compare_scales(base: list[Claim], other: list[Claim], base_scale: str, other
     `base` restricted to the notebooks run at both scales)."""
     other_by_key = {(c.notebook, c.claim): c for c in other}
     both = [(c, other_by_key[(c.notebook, c.claim)]) for c in base if (c.notebook, c.claim) in other_by_key]
-    verdict = {True: "yes", False: "**no**"}
     changed = sum(a.holds != b.holds for a, b in both)
     lines = [f"{len(both)} claims made at both scales; the verdict differs for {changed} of them.", "",
              f"| notebook | claim | holds ({base_scale}) | holds ({other_scale}) | verdict changed | "
              f"observed ({base_scale}) | observed ({other_scale}) | seeds ({base_scale} / {other_scale}) |",
              "|---|---|---|---|---|---|---|---|"]
     for a, b in both:
-        lines.append(_row([a.notebook, a.claim, verdict[a.holds], verdict[b.holds],
+        lines.append(_row([a.notebook, a.claim, verdict(a), verdict(b),
                            "**yes**" if a.holds != b.holds else "no", a.observed, b.observed,
                            f"{'—' if a.n_seeds is None else a.n_seeds} / {'—' if b.n_seeds is None else b.n_seeds}"]))
     base_keys = {(c.notebook, c.claim) for c in base}
@@ -208,7 +212,7 @@ def compare_scales(base: list[Claim], other: list[Claim], base_scale: str, other
                         (other_scale, [c for c in other if (c.notebook, c.claim) not in base_keys])):
         if only:
             lines += ["", f"Made at {scale} only:", ""]
-            lines += [f"- {c.notebook}: {c.claim} — {verdict[c.holds]}" for c in only]
+            lines += [f"- {c.notebook}: {c.claim} — {verdict(c)}" for c in only]
     return "\n".join(lines)
 
 
