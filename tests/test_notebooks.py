@@ -36,14 +36,22 @@ def _execute(path, out_dir, monkeypatch, **parameters):
                                       kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
 
 
+# paths a notebook's defaults leave off, switched on in its smoke run so that they stay tested
+SMOKE_EXTRA = {"08_pareto": {"budget_factor": 3.0}}     # §6's in-notebook 1x-vs-3x check (default: the long scale)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_at_smoke_scale(path, tmp_path, monkeypatch):
-    _execute(path, tmp_path, monkeypatch, scale="smoke")
+    _execute(path, tmp_path, monkeypatch, scale="smoke", **SMOKE_EXTRA.get(path.stem, {}))
     figures = list((tmp_path / "smoke" / "figures").glob("*.png"))
     claims = tmp_path / "smoke" / "claims" / f"{path.stem}.json"
     assert figures, f"{path.name} saved no figure"
     assert claims.exists() and json.loads(claims.read_text()), f"{path.name} recorded no claim"
+    if path.stem == "08_pareto":
+        assert (tmp_path / "smoke" / "figures" / "08_budget_1x_3x.png").exists()
+        assert any("stopped moving" in c["claim"] for c in json.loads(claims.read_text()))
+        assert json.loads((tmp_path / "smoke" / "frontiers" / "08_pareto.json").read_text())["frontiers"]
 
 
 def _error_of(path, tmp_path, monkeypatch, **parameters) -> str:

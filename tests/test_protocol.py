@@ -359,3 +359,55 @@ def test_compare_gaps_pairs_two_arms_through_a_common_reference():
     assert judge([gap], "lower").holds
     p = make_paired(3.0, [0, 1], [0.5, 0.6], [1.0, 1.0])
     assert p.log_ratio and make_paired(3.0, [0, 1], [0.5, -0.1], [1.0, 1.0]).log_ratio is False
+
+
+def _bent_frontier(bend: float, noise: float = 0.05) -> list[dict]:
+    """Five points x three seeds of log y = -log L0 + bend * (log L0 - log 8)^2 with a seed wobble of `noise`."""
+    import math
+
+    rows = []
+    for point, l0 in enumerate((2.0, 4.0, 8.0, 16.0, 32.0)):
+        for seed in range(3):
+            log_y = -math.log(l0) + bend * (math.log(l0) - math.log(8.0)) ** 2 + noise * (seed - 1) * (-1) ** point
+            rows.append({"point": point, "seed": seed, "l0": l0, "delta_lm_loss": math.exp(log_y)})
+    return rows
+
+
+def test_leave_one_out_is_exact_on_a_power_law_and_sees_a_bend():
+    import math
+
+    from saelib.lab.pareto import leave_one_out
+
+    straight = leave_one_out(_bent_frontier(0.0, noise=0.0), "delta_lm_loss")
+    assert [c["point"] for c in straight] == [1, 2, 3] and all(abs(e) < 1e-12 for c in straight for e in c["errors"])
+    bent = leave_one_out(_bent_frontier(0.3, noise=0.0), "delta_lm_loss")
+    # a neighbour pair 2 x log 2 apart around a parabola of curvature 0.3 misses by 0.3 * (log 2)^2 below the chord
+    assert all(math.isclose(c["error"], -0.3 * math.log(2) ** 2, rel_tol=1e-9) for c in bent)
+
+
+def test_interpolation_verdict_compares_the_miss_with_twice_the_seed_spread():
+    from saelib.lab.pareto import interpolation_verdict
+
+    holds, observed, n = interpolation_verdict(_bent_frontier(0.05), "delta_lm_loss", what="standard")
+    assert holds and n == 3 and observed.startswith("standard: L0 4.0: -0.024")     # 0.05 (log 2)^2 < 2 x 0.05
+    holds, observed, _ = interpolation_verdict(_bent_frontier(1.0), "delta_lm_loss")
+    assert not holds and "L0 8.0: -0.480" in observed
+    assert interpolation_verdict(_bent_frontier(0.0)[:6], "delta_lm_loss")[0] is False   # 2 points: nothing to check
+
+
+def test_a_denser_frontier_keeps_the_lr_sweep_operating_point():
+    from types import SimpleNamespace
+
+    from saelib.lab.experiments import default_max_k, frontier_specs
+    from saelib.lab.lr_sweep import lr_sweep_point
+    from saelib.lab.scales import get_scale
+
+    for family in ("standard", "gated", "jumprelu", "topk"):
+        points = {}
+        for n in (4, 7, 10):
+            site = SimpleNamespace(scale=get_scale("default", sweep_points=n), d_in=128)
+            points[n] = lr_sweep_point(family, site)
+            assert points[n] in frontier_specs(family, n, max_k=default_max_k(site))   # a frontier run: no extra SAE
+        assert points[4] == points[7] == points[10], family
+    smoke = SimpleNamespace(scale=get_scale("smoke"), d_in=16)
+    assert lr_sweep_point("standard", smoke) == frontier_specs("standard", 2)[1]

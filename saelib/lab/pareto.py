@@ -225,3 +225,46 @@ def paired_at_points(rows: Sequence[Mapping], reference: Sequence[Mapping], y: s
     return sorted(out, key=lambda p: p.l0)
 
 
+
+
+# ----------------------------------------------------------------------------- are there enough points?
+
+def leave_one_out(rows: Sequence[Mapping], y: str, *, x: str = "l0", by: str = "point") -> list[dict]:
+    """How well a frontier's interior points are predicted from their neighbours: for each seed and each point
+    that has a neighbour on both sides (sorted by x), log(y measured / y interpolated log-log between the two
+    neighbours). The neighbours lie twice as far apart as the frontier's own points, so this overstates the
+    interpolation error of the full frontier (by ~4x for a smoothly curved log-log frontier): an upper bound.
+
+    Returns one dict per interior point (grouped by `by`): its mean x, the per-seed errors ("errors"), their
+    mean ("error"), and the seed-to-seed sd of log(y) at that x ("seed_sd", each seed's full frontier read at the
+    point's mean x): the noise any comparison at that L0 carries."""
+    errors: dict[object, list[tuple[float, float]]] = {}
+    seeds = by_seed(rows)
+    for seed_rows in seeds.values():
+        pts = sorted((r for r in seed_rows if float(r[x]) > 0 and float(r[y]) > 0), key=lambda r: float(r[x]))
+        for left, mid, right in zip(pts, pts[1:], pts[2:], strict=False):
+            guess = interpolate_at([left, right], float(mid[x]), y, x, log_y=True)
+            errors.setdefault(mid.get(by, id(mid)), []).append((float(mid[x]), math.log(float(mid[y]) / guess)))
+    out = []
+    for point, pairs in errors.items():
+        l0 = math.exp(statistics.fmean(math.log(v) for v, _ in pairs))
+        at = [interpolate_at(s_rows, l0, y, x) for s_rows in seeds.values()]
+        logs = [math.log(v) for v in at if not math.isnan(v) and v > 0]
+        out.append({by: point, x: l0, "errors": tuple(e for _, e in pairs),
+                    "error": statistics.fmean(e for _, e in pairs),
+                    "seed_sd": statistics.stdev(logs) if len(logs) >= 2 else math.nan})
+    return sorted(out, key=lambda r: r[x])
+
+
+def interpolation_verdict(rows: Sequence[Mapping], y: str, *, what: str = "") -> tuple[bool, str, int]:
+    """Is the frontier dense enough for equal-L0 readings? Holds when at every interior point the mean
+    leave-one-out error (an upper bound, see `leave_one_out`) is smaller than the equivalence margin of the
+    comparisons, 2 x the seed sd of log(y) at that L0: interpolation alone cannot then make a verdict. Returns
+    (holds, observed text, fewest seeds behind a point); no interior point (fewer than 3 points): does not hold."""
+    checks = leave_one_out(rows, y)
+    if not checks:
+        return False, (what + ": " if what else "") + "fewer than 3 points: nothing to check", 0
+    parts = [f"L0 {c['l0']:.1f}: {c['error']:+.3f} ± {statistics.stdev(c['errors']) if len(c['errors']) > 1 else 0:.3f}"
+             f" vs margin {2 * c['seed_sd']:.3f}" for c in checks]
+    holds = all(abs(c["error"]) < 2 * c["seed_sd"] for c in checks)
+    return holds, (what + ": " if what else "") + "; ".join(parts), min(len(c["errors"]) for c in checks)
