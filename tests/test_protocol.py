@@ -200,7 +200,11 @@ def test_equivalence_margin_comes_from_the_measured_seed_spread():
     assert not far.holds
     stated = judge([paired([0.02, 0.03, 0.01], spread=0.1)], "equivalent", margin=0.01)
     assert not stated.holds and "0.01 (stated)" in stated.rule
-    assert "margin 0.200" in close.observed
+    assert "margin 0.200 (log-ratio)" in close.observed
+    # where a value is <= 0 that L0 compares differences, and its margin says so
+    signed = Paired(50.0, (0, 1, 2), (0.001, -0.001, 0.0), (0.002, 0.0, 0.001), False)
+    both = judge([paired([0.02, 0.02, 0.02], spread=0.1), signed], "equivalent")
+    assert "margin 0.200 (log-ratio)" in both.observed and "margin 0.002 (difference)" in both.observed
 
 
 def test_result_text_reports_mean_and_sd_per_side():
@@ -389,9 +393,10 @@ def test_interpolation_verdict_compares_the_miss_with_twice_the_seed_spread():
     from saelib.lab.pareto import interpolation_verdict
 
     holds, observed, n = interpolation_verdict(_bent_frontier(0.05), "delta_lm_loss", what="standard")
-    assert holds and n == 3 and observed.startswith("standard: L0 4.0: -0.024")     # 0.05 (log 2)^2 < 2 x 0.05
+    # the miss 0.05 (log 2)^2 = 0.024 is inside the margin 2 x 0.05
+    assert holds and n == 3 and observed.startswith("standard: L0 4.0: -0.024 ± 0.100 (n=3) vs margin 0.100")
     holds, observed, _ = interpolation_verdict(_bent_frontier(1.0), "delta_lm_loss")
-    assert not holds and "L0 8.0: -0.480" in observed
+    assert not holds and "L0 8.0: -0.480 ± 0.100 (n=3) vs margin 0.100" in observed
     assert interpolation_verdict(_bent_frontier(0.0)[:6], "delta_lm_loss")[0] is False   # 2 points: nothing to check
 
 

@@ -265,6 +265,6 @@ def interpolation_verdict(rows: Sequence[Mapping], y: str, *, what: str = "") ->
     if not checks:
         return False, (what + ": " if what else "") + "fewer than 3 points: nothing to check", 0
     parts = [f"L0 {c['l0']:.1f}: {c['error']:+.3f} ± {statistics.stdev(c['errors']) if len(c['errors']) > 1 else 0:.3f}"
-             f" vs margin {2 * c['seed_sd']:.3f}" for c in checks]
+             f" (n={len(c['errors'])}) vs margin {2 * c['seed_sd']:.3f}" for c in checks]
     holds = all(abs(c["error"]) < 2 * c["seed_sd"] for c in checks)
     return holds, (what + ": " if what else "") + "; ".join(parts), min(len(c["errors"]) for c in checks)

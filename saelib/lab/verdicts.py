@@ -179,8 +179,9 @@ def judge(paired: Sequence[Paired], expect: str, *, margin: float | None = None,
     else:
         margins = tuple(margin if margin is not None else 2 * p.spread() for p in paired)
         holds = all(abs(p.mean) < m for p, m in zip(paired, margins, strict=True))
-        unit = "log-ratio" if paired[0].log_ratio else "difference"
-        parts = [f"{t}; margin {m:.3f} ({unit})" for t, m in zip(parts, margins, strict=True)]
+        # each compared L0 in its own unit: a difference where a value there is <= 0, else a log-ratio
+        parts = [f"{t}; margin {m:.3f} (log-ratio)" if p.log_ratio else f"{t}; margin {m:.3g} (difference)"
+                 for t, m, p in zip(parts, margins, paired, strict=True)]
         if margin is None:
             rule = rule.replace("(or the stated margin)", "(margins printed)")
         else:
