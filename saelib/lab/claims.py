@@ -218,7 +218,7 @@ def compare_scales(base: list[Claim], other: list[Claim], base_scale: str, other
 
 def frontier_moves(notebooks: list[str], base_scale: str, other_scale: str) -> str:
     """For each notebook that recorded its frontiers at both scales (saelib.lab.scale_frontiers): the figure
-    of both and, per family, whether the frontier moved (markdown; "" when none did)."""
+    of both and, per family, whether the frontier moved (markdown; "" when no notebook recorded them at both)."""
     from saelib.lab.scale_frontiers import compare_frontiers_across_scales
 
     parts = []

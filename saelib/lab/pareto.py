@@ -225,8 +225,6 @@ def paired_at_points(rows: Sequence[Mapping], reference: Sequence[Mapping], y: s
     return sorted(out, key=lambda p: p.l0)
 
 
-
-
 # ----------------------------------------------------------------------------- are there enough points?
 
 def leave_one_out(rows: Sequence[Mapping], y: str, *, x: str = "l0", by: str = "point") -> list[dict]:
