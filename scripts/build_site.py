@@ -191,7 +191,19 @@ def claims_page(claims_md: Path, notebooks: list[str], figures: list[str],
             figs = [f for f in figures if f.startswith(name[:2] + "_")]
             cells[nb_col] += "".join(f"<br>[fig: {Path(f).stem[3:]}](figures/{f})" for f in figs)
         lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + failing_claims_section(claims_md.read_text(encoding="utf-8"))
+
+
+FAILING_HEADING = "## Claims that do not hold"
+
+
+def failing_claims_section(text: str) -> str:
+    """CLAIMS.md's section on the claims that do not hold (what was tried, what would settle them), for the
+    claims page; its links to other files under figures/ become plain names (the site does not carry them)."""
+    if FAILING_HEADING not in text:
+        return ""
+    section = text[text.index(FAILING_HEADING):].split("\n## ", 1)[0]
+    return "\n" + re.sub(r"\[`([^`\]]+)`\]\(([^)]+)\)", r"`figures/\1`", section).rstrip() + "\n"
 
 
 def stage(src: Path, notebooks_dir: Path, figures_dir: Path, claims_md: Path) -> list[dict]:

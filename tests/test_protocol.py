@@ -9,6 +9,7 @@ from saelib.lab.experiments import SAESpec, train_config
 from saelib.lab.pareto import (
     Paired,
     common_l0_range,
+    diagnose,
     judge,
     log_spaced,
     mean_sd,
@@ -293,6 +294,15 @@ def test_the_site_links_each_claim_to_its_notebook_section_and_figure(tmp_path, 
         in rows[0] and "99_other" not in rows[0]
     assert "[§4b](notebooks/99_test.ipynb#4b-more-quoted-shifted)" in rows[1]
     assert "figures/99_fig.png" in rows[2] and "figures/99_other.png" in rows[2]    # no where: all its figures
+    assert "Claims that do not hold" not in page
+    # the failing claims' section follows the table, its links to files the site lacks turned into names
+    from saelib.lab.claims import failing_section
+
+    claims_md.write_text(markdown_table(items) + "\n\n" + failing_section(items, "default", [], "long"))
+    page = build_site.claims_page(claims_md, ["99_test"], ["99_fig.png"], {"99_test": anchors})
+    section = page[page.index("## Claims that do not hold"):]
+    assert "c2. Tried: no seeds" in section and "c1" not in section and "Not made" not in section
+    assert "`figures/CLAIMS_default_vs_long.md`" in section and "](CLAIMS_default_vs_long.md)" not in section
 
 
 # ----------------------------------------------------------------------------- seeds, points, shared runs
@@ -416,3 +426,55 @@ def test_a_denser_frontier_keeps_the_lr_sweep_operating_point():
         assert points[4] == points[7] == points[10], family
     smoke = SimpleNamespace(scale=get_scale("smoke"), d_in=16)
     assert lr_sweep_point("standard", smoke) == frontier_specs("standard", 2)[1]
+
+
+# ----------------------------------------------------------------------------- why a claim fails
+
+def at(l0, diffs, *, spread=0.0):
+    p = paired(diffs, spread=spread)
+    return Paired(l0, p.seeds, p.values, p.reference, True)
+
+
+def test_diagnose_sorts_each_compared_l0_against_the_seed_spread():
+    assert diagnose(judge([paired([-0.30, -0.35, -0.32])], "lower")) == ""          # a claim that holds: nothing
+    within = diagnose(judge([at(5.0, [-0.30, -0.35, -0.32]), at(20.0, [-0.1, -0.5, -0.3])], "lower"))
+    assert within.startswith("2 compared L0s (3 seeds): as claimed, beyond the seed spread at 1 (L0 5.0); "
+                             "as claimed, within the seed spread at 1 (L0 20.0)."), within
+    assert "the claimed direction at every compared L0" in within
+    mixed = diagnose(judge([at(5.0, [-0.1, 0.2, -0.3]), at(20.0, [0.1, -0.2, 0.3])], "lower"))
+    assert "the other way, within the seed spread at 1 (L0 20.0)" in mixed and "no consistent direction" in mixed
+    against = diagnose(judge([at(5.0, [0.30, 0.35, 0.32])], "lower"))
+    assert "the other way, beyond the seed spread at 1 (L0 5.0)" in against and "does not reproduce" in against
+    measured = diagnose(judge([at(5.0, [-0.30, -0.35, -0.32])], "not_lower"))
+    assert "the other way, beyond the seed spread at 1" in measured and "a measured difference" in measured
+    far = diagnose(judge([at(5.0, [0.5, 0.52, 0.51], spread=0.1)], "equivalent"))
+    assert far.startswith("1 of 1 compared L0s differ by more than the margin (L0 5.0: +0.51 vs margin 0.2")
+    assert "not compared" not in far and "not judged" in diagnose(judge([], "lower"))
+
+
+def test_claims_that_fail_say_what_was_tried_and_what_would_settle_them(tmp_path, monkeypatch):
+    from saelib.lab.claims import assemble, failing_section
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
+    claims = Claims("99_test", "default")
+    claims.add_result("A beats B", source="s", expected="lower", result=judge([at(5.0, [0.3, 0.35, 0.32])], "lower"))
+    claims.add_result("C beats D", source="s", expected="lower", result=judge([at(5.0, [-0.3, -0.35, -0.32])], "lower"))
+    claims.add("E, checked by hand", source="s", expected="e", observed="o", holds=False, diagnosis="why not")
+    claims.add("F holds", source="s", expected="e", observed="o", holds=True, diagnosis="dropped: it holds")
+    saved = json.loads(claims.path.read_text())
+    assert [bool(c["diagnosis"]) for c in saved] == [True, False, True, False]
+    items = load_claims("default")
+    text = failing_section(items, "default")
+    assert "A beats B. Tried: 3 seeds; rule: lower at every compared L0" in text
+    assert "Found: 1 compared L0s (3 seeds): the other way, beyond the seed spread" in text
+    assert "E, checked by hand. Tried: no seeds (exact check); rule: —. Found: why not" in text
+    assert "C beats D" not in text and "F holds" not in text and "At `long`" not in text
+    # at default, the verdict at long is added where outputs/long has the claim
+    Claims("99_test", "long").add_result("A beats B", source="s", expected="lower",
+                                         result=judge([at(5.0, [-0.3, -0.35, -0.32])], "lower"))
+    written = assemble("default").read_text()
+    assert "A beats B. Tried: 3 seeds; rule: lower at every compared L0: all seeds' paired differences < 0 and " \
+           "|mean| > 2 sd of them. At `long`: holds." in written
+    assert "E, checked by hand. Tried: no seeds (exact check); rule: —. Not made at `long`." in written
+    assert "[`CLAIMS_default_vs_long.md`](CLAIMS_default_vs_long.md)" in written
+    assert failing_section([c for c in items if c.holds], "default") == ""

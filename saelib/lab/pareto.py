@@ -53,6 +53,7 @@ from saelib.lab.verdicts import (  # noqa: F401  (re-exported: the verdict API i
     Result,
     all_positive,
     compare_gaps,
+    diagnose,
     gaps_by_seed,
     judge,
     make_paired,

@@ -190,3 +190,67 @@ def judge(paired: Sequence[Paired], expect: str, *, margin: float | None = None,
     if dropped:
         observed += "; left out (fewer than 2 seeds in range): " + "; ".join(p.text(digits) for p in dropped)
     return Result(holds, expect, rule, observed, n, paired, margins)
+
+
+# ----------------------------------------------------------------------------- why a verdict fails
+
+SIGN = {"lower": -1, "higher": +1, "not_lower": +1, "not_higher": -1}   # the direction the claim expects
+
+
+def diagnose(result: Result) -> str:
+    """For a claim that does not hold: where each compared L0 stands against the seed spread, and what would
+    settle it. Empty for a claim that holds. Built from `result.paired`, so it always says what this run found.
+
+    Per compared L0 the paired differences are either beyond the spread (every seed's difference has one sign and
+    |mean| > 2 sd) or within it; "as claimed" is the claim's direction (lower / higher; for not_lower / not_higher
+    the direction that is allowed, for equivalent: inside the margin)."""
+    if result.holds:
+        return ""
+    paired = [p for p in result.paired if p.n >= 2]
+    if not paired:
+        return ("not judged: " + ("the arms' L0 ranges do not overlap, so no L0 can be compared; would settle it: "
+                                  "sparsity coefficients that put both arms in one L0 range"
+                                  if not result.paired else "fewer than 2 seeds inside the compared range; would "
+                                  "settle it: every seed's frontier reaching the compared L0s"))
+    if result.expect == "equivalent":
+        margins = result.margins or tuple(2 * p.spread() for p in paired)
+        beyond = [(p, m) for p, m in zip(paired, margins, strict=True) if abs(p.mean) >= m]
+        where = "; ".join(f"L0 {p.l0:.1f}: {p.mean:+.3g} vs margin {m:.3g}" + (" (beyond 2 sd of its own seeds too)"
+                          if significant(p, 1 if p.mean > 0 else -1) else "") for p, m in beyond)
+        return (f"{len(beyond)} of {len(paired)} compared L0s differ by more than the margin ({where}). Would settle "
+                "it: the difference is measured, not noise, at this budget and model; whether it closes with budget "
+                "or width is for the `long` scale (figures/CLAIMS_default_vs_long.md) and the papers' setting "
+                "(`scale = \"paper\"`).")
+    sign = SIGN[result.expect]
+    groups: dict[str, list[float]] = {"as claimed, beyond the seed spread": [],
+                                      "as claimed, within the seed spread": [],
+                                      "the other way, within the seed spread": [],
+                                      "the other way, beyond the seed spread": []}
+    for p in paired:
+        if significant(p, sign):
+            key = "as claimed, beyond the seed spread"
+        elif significant(p, -sign):
+            key = "the other way, beyond the seed spread"
+        else:
+            key = "as claimed, within the seed spread" if p.mean * sign > 0 else "the other way, within the seed spread"
+        groups[key].append(p.l0)
+    where = "; ".join(f"{k} at {len(v)} (L0 " + ", ".join(f"{x:.1f}" for x in v) + ")" for k, v in groups.items() if v)
+    against = bool(groups["the other way, beyond the seed spread"])
+    if result.expect in ("not_lower", "not_higher"):
+        # fails only when some L0 is beyond the spread the other way: a measured difference
+        settle = ("a measured difference, larger than the seed spread: the claim does not reproduce on this model at "
+                  "this budget; whether it does at a longer budget or in the papers' setting is for the `long` "
+                  "scale (figures/CLAIMS_default_vs_long.md) and `scale = \"paper\"`")
+    elif against:
+        settle = ("the other way beyond the seed spread: the claim does not reproduce on this model at this budget; "
+                  "left to test: a longer budget (`long` scale, figures/CLAIMS_default_vs_long.md) and the papers' "
+                  "model, width and tokens (`scale = \"paper\"`)")
+    elif not groups["the other way, within the seed spread"]:
+        settle = ("the claimed direction at every compared L0, but not beyond the seed spread everywhere: a larger "
+                  "effect or a smaller spread would settle it (a longer budget: the `long` scale, "
+                  "figures/CLAIMS_default_vs_long.md; or the papers' width and model: `scale = \"paper\"`)")
+    else:
+        settle = ("no consistent direction beyond the seed spread: any effect is smaller than the seed-to-seed noise "
+                  "at this budget; a longer budget (`long` scale, figures/CLAIMS_default_vs_long.md) or the papers' "
+                  "setting (`scale = \"paper\"`) would settle it")
+    return f"{len(paired)} compared L0s ({min(p.n for p in paired)} seeds): {where}. Would settle it: {settle}."
