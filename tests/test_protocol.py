@@ -474,7 +474,7 @@ def test_claims_that_fail_say_what_was_tried_and_what_would_settle_them(tmp_path
                                          result=judge([at(5.0, [-0.3, -0.35, -0.32])], "lower"))
     written = assemble("default").read_text()
     assert "A beats B. Tried: 3 seeds; rule: lower at every compared L0: all seeds' paired differences < 0 and " \
-           "|mean| > 2 sd of them. At `long`: holds." in written
+           "|mean| > 2 sd of them. At `long`: holds (the longer budget settles it)." in written
     assert "E, checked by hand. Tried: no seeds (exact check); rule: —. Not made at `long`." in written
     assert "[`CLAIMS_default_vs_long.md`](CLAIMS_default_vs_long.md)" in written
     assert failing_section([c for c in items if c.holds], "default") == ""

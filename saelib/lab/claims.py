@@ -174,11 +174,13 @@ def failing_section(items: list[Claim], scale: str, other: list[Claim] | None = 
         seeds = (f"{c.n_seeds} seeds" if c.n_seeds > 1 else "1 seed") if c.n_seeds else "no seeds (exact check)"
         o = at_other.get((c.notebook, c.claim))
         long_text = ("" if other is None else
-                     f" At `{other_scale}`: {'holds' if o.holds else 'does not hold'}." if o is not None else
+                     f" At `{other_scale}`: " + ("holds (the longer budget settles it)." if o.holds else
+                                                 "does not hold either.") if o is not None else
                      f" Not made at `{other_scale}`." if c.notebook in ran_other else
                      f" {c.notebook} not run at `{other_scale}`.")
         lines.append(f"- **{c.notebook}**, {c.claim}. Tried: {seeds}; rule: {c.rule or '—'}.{long_text} "
-                     + (f"Found: {c.diagnosis}" if c.diagnosis else "Found: the observed column of the table."))
+                     + (f"Found: {c.diagnosis.rstrip('.')}." if c.diagnosis
+                        else "Found: the observed column of the table."))
     return "\n".join(lines) + "\n"
 
 

@@ -218,9 +218,8 @@ def diagnose(result: Result) -> str:
         where = "; ".join(f"L0 {p.l0:.1f}: {p.mean:+.3g} vs margin {m:.3g}" + (" (beyond 2 sd of its own seeds too)"
                           if significant(p, 1 if p.mean > 0 else -1) else "") for p, m in beyond)
         return (f"{len(beyond)} of {len(paired)} compared L0s differ by more than the margin ({where}). Would settle "
-                "it: the difference is measured, not noise, at this budget and model; whether it closes with budget "
-                "or width is for the `long` scale (figures/CLAIMS_default_vs_long.md) and the papers' setting "
-                "(`scale = \"paper\"`).")
+                "it: the difference is measured, not noise, on this model at this budget; whether it closes is for "
+                "longer budgets and the papers' setting (`scale = \"paper\"`).")
     sign = SIGN[result.expect]
     groups: dict[str, list[float]] = {"as claimed, beyond the seed spread": [],
                                       "as claimed, within the seed spread": [],
@@ -239,18 +238,15 @@ def diagnose(result: Result) -> str:
     if result.expect in ("not_lower", "not_higher"):
         # fails only when some L0 is beyond the spread the other way: a measured difference
         settle = ("a measured difference, larger than the seed spread: the claim does not reproduce on this model at "
-                  "this budget; whether it does at a longer budget or in the papers' setting is for the `long` "
-                  "scale (figures/CLAIMS_default_vs_long.md) and `scale = \"paper\"`")
+                  "this budget; left to test: other budgets and the papers' setting (`scale = \"paper\"`)")
     elif against:
         settle = ("the other way beyond the seed spread: the claim does not reproduce on this model at this budget; "
-                  "left to test: a longer budget (`long` scale, figures/CLAIMS_default_vs_long.md) and the papers' "
-                  "model, width and tokens (`scale = \"paper\"`)")
+                  "left to test: longer budgets and the papers' model, width and tokens (`scale = \"paper\"`)")
     elif not groups["the other way, within the seed spread"]:
         settle = ("the claimed direction at every compared L0, but not beyond the seed spread everywhere: a larger "
-                  "effect or a smaller spread would settle it (a longer budget: the `long` scale, "
-                  "figures/CLAIMS_default_vs_long.md; or the papers' width and model: `scale = \"paper\"`)")
+                  "effect or a smaller spread would settle it (a longer budget, or the papers' width and model: "
+                  "`scale = \"paper\"`)")
     else:
         settle = ("no consistent direction beyond the seed spread: any effect is smaller than the seed-to-seed noise "
-                  "at this budget; a longer budget (`long` scale, figures/CLAIMS_default_vs_long.md) or the papers' "
-                  "setting (`scale = \"paper\"`) would settle it")
+                  "at this budget; a longer budget or the papers' setting (`scale = \"paper\"`) would settle it")
     return f"{len(paired)} compared L0s ({min(p.n for p in paired)} seeds): {where}. Would settle it: {settle}."
