@@ -204,7 +204,8 @@ def summary_table(items: list[Claim]) -> str:
     """The README's short results table: the count, then per notebook which claims hold and which do not."""
     held = sum(c.holds for c in items)
     lines = [f"{held} of {len(items)} claims hold. Per notebook (each claim's numbers, seeds and verdict rule are in "
-             "the full table below and in [`figures/CLAIMS.md`](figures/CLAIMS.md)):", "",
+             "the full table below and in [`figures/CLAIMS.md`](figures/CLAIMS.md), which ends with what each claim "
+             "that does not hold tried and what would settle it):", "",
              "| notebook | holds | does not hold |", "|---|---|---|"]
     by_notebook: dict[str, list[Claim]] = {}
     for c in items:
