@@ -171,3 +171,17 @@ def test_claims_md_parser():
     (held, total), verdicts = parse_summary("1 of 2 claims hold in this run:\n\n- **holds**, 3 seeds: A | B beats C. "
                                             "Observed: x\n- **does not hold**: D. Observed: y. Paper: z.")
     assert (held, total) == (1, 2) and verdicts == [("A / B beats C", True), ("D", False)]
+
+
+def test_every_failing_claim_in_claims_md_says_what_was_tried_and_what_would_settle_it(rows):
+    """figures/CLAIMS.md ends with one entry per claim that does not hold, each with its tries and a diagnosis
+    written from the result (not the fallback that points back at the table)."""
+    text = CLAIMS_MD.read_text(encoding="utf-8")
+    failing = [(nb, c) for nb, claims in rows.items() for c, holds in claims if not holds]
+    assert failing, "no failing claims: nothing to check"
+    section = text[text.index("## Claims that do not hold"):]
+    entries = [ln for ln in section.splitlines() if ln.startswith("- **")]
+    assert len(entries) == len(failing)
+    for (nb, claim), entry in zip(failing, entries, strict=True):
+        assert entry.startswith(f"- **{nb}**, {claim}. Tried: "), entry[:200]
+        assert "Found: the observed column" not in entry and "Would settle it" in entry, entry[:200]
