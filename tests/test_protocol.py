@@ -450,6 +450,8 @@ def test_diagnose_sorts_each_compared_l0_against_the_seed_spread():
     far = diagnose(judge([at(5.0, [0.5, 0.52, 0.51], spread=0.1)], "equivalent"))
     assert far.startswith("1 of 1 compared L0s differ by more than the margin (L0 5.0: +0.51 vs margin 0.2")
     assert "not compared" not in far and "not judged" in diagnose(judge([], "lower"))
+    for unjudged in (judge([], "lower"), judge([at(5.0, [0.1])], "lower")):          # no overlap; one seed
+        assert "Would settle it" in diagnose(unjudged)
 
 
 def test_claims_that_fail_say_what_was_tried_and_what_would_settle_them(tmp_path, monkeypatch):
@@ -466,7 +468,7 @@ def test_claims_that_fail_say_what_was_tried_and_what_would_settle_them(tmp_path
     items = load_claims("default")
     text = failing_section(items, "default")
     assert "A beats B. Tried: 3 seeds; rule: lower at every compared L0" in text
-    assert "Found: 1 compared L0s (3 seeds): the other way, beyond the seed spread" in text
+    assert "Found: 1 compared L0 (3 seeds): the other way, beyond the seed spread" in text
     assert "E, checked by hand. Tried: no seeds (exact check); rule: —. Found: why not" in text
     assert "C beats D" not in text and "F holds" not in text and "At `long`" not in text
     # at default, the verdict at long is added where outputs/long has the claim

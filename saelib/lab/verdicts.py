@@ -208,10 +208,10 @@ def diagnose(result: Result) -> str:
         return ""
     paired = [p for p in result.paired if p.n >= 2]
     if not paired:
-        return ("not judged: " + ("the arms' L0 ranges do not overlap, so no L0 can be compared; would settle it: "
-                                  "sparsity coefficients that put both arms in one L0 range"
-                                  if not result.paired else "fewer than 2 seeds inside the compared range; would "
-                                  "settle it: every seed's frontier reaching the compared L0s"))
+        return ("not judged: " + ("the arms' L0 ranges do not overlap, so no L0 can be compared. Would settle it: "
+                                  "sparsity coefficients that put both arms in one L0 range."
+                                  if not result.paired else "fewer than 2 seeds inside the compared range. Would "
+                                  "settle it: every seed's frontier reaching the compared L0s."))
     if result.expect == "equivalent":
         margins = result.margins or tuple(2 * p.spread() for p in paired)
         beyond = [(p, m) for p, m in zip(paired, margins, strict=True) if abs(p.mean) >= m]
@@ -249,4 +249,5 @@ def diagnose(result: Result) -> str:
     else:
         settle = ("no consistent direction beyond the seed spread: any effect is smaller than the seed-to-seed noise "
                   "at this budget; a longer budget or the papers' setting (`scale = \"paper\"`) would settle it")
-    return f"{len(paired)} compared L0s ({min(p.n for p in paired)} seeds): {where}. Would settle it: {settle}."
+    n, seeds = len(paired), min(p.n for p in paired)
+    return f"{n} compared L0{'' if n == 1 else 's'} ({seeds} seeds): {where}. Would settle it: {settle}."
