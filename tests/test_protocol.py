@@ -458,6 +458,7 @@ def test_claims_that_fail_say_what_was_tried_and_what_would_settle_them(tmp_path
     from saelib.lab.claims import assemble, failing_section
 
     monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("SAELIB_FIGURES_DIR", str(tmp_path / "figures"))    # default scale: never the repo's figures/
     claims = Claims("99_test", "default")
     claims.add_result("A beats B", source="s", expected="lower", result=judge([at(5.0, [0.3, 0.35, 0.32])], "lower"))
     claims.add_result("C beats D", source="s", expected="lower", result=judge([at(5.0, [-0.3, -0.35, -0.32])], "lower"))
@@ -474,7 +475,9 @@ def test_claims_that_fail_say_what_was_tried_and_what_would_settle_them(tmp_path
     # at default, the verdict at long is added where outputs/long has the claim
     Claims("99_test", "long").add_result("A beats B", source="s", expected="lower",
                                          result=judge([at(5.0, [-0.3, -0.35, -0.32])], "lower"))
-    written = assemble("default").read_text()
+    out = assemble("default")
+    assert out == tmp_path / "figures" / "CLAIMS.md"
+    written = out.read_text()
     assert "A beats B. Tried: 3 seeds; rule: lower at every compared L0: all seeds' paired differences < 0 and " \
            "|mean| > 2 sd of them. At `long`: holds (the longer budget settles it)." in written
     assert "E, checked by hand. Tried: no seeds (exact check); rule: —. Not made at `long`." in written
