@@ -164,6 +164,18 @@ def failing_section(items: list[Claim], scale: str, other: list[Claim] | None = 
         return ""
     at_other = {(c.notebook, c.claim): c for c in (other or [])}
     ran_other = {c.notebook for c in (other or [])}
+
+    def verdict_there(c: Claim) -> str:
+        if other is None:
+            return ""
+        o = at_other.get((c.notebook, c.claim))
+        if o is not None:
+            return f" At `{other_scale}`: " + ("holds (the longer budget settles it)." if o.holds else
+                                               "does not hold either.")
+        if c.notebook in ran_other:
+            return f" Not made at `{other_scale}`."
+        return f" {c.notebook} not run at `{other_scale}`."
+
     compared = f"CLAIMS_{scale}_vs_{other_scale}.md"
     lines = ["## Claims that do not hold: what was tried, what would settle them", "",
              "Every claim was measured with the one training protocol of the notebooks (each family's learning rate "
@@ -172,13 +184,7 @@ def failing_section(items: list[Claim], scale: str, other: list[Claim] | None = 
                 f"side: [`{compared}`]({compared}))." if other is not None else ""), ""]
     for c in failing:
         seeds = (f"{c.n_seeds} seeds" if c.n_seeds > 1 else "1 seed") if c.n_seeds else "no seeds (exact check)"
-        o = at_other.get((c.notebook, c.claim))
-        long_text = ("" if other is None else
-                     f" At `{other_scale}`: " + ("holds (the longer budget settles it)." if o.holds else
-                                                 "does not hold either.") if o is not None else
-                     f" Not made at `{other_scale}`." if c.notebook in ran_other else
-                     f" {c.notebook} not run at `{other_scale}`.")
-        lines.append(f"- **{c.notebook}**, {c.claim}. Tried: {seeds}; rule: {c.rule or '—'}.{long_text} "
+        lines.append(f"- **{c.notebook}**, {c.claim}. Tried: {seeds}; rule: {c.rule or '—'}.{verdict_there(c)} "
                      + (f"Found: {c.diagnosis.rstrip('.')}." if c.diagnosis
                         else "Found: the observed column of the table."))
     return "\n".join(lines) + "\n"
