@@ -60,9 +60,9 @@ UNTUNED_LR = 1e-3                      # used only by a Protocol whose learning 
 # ReLU and Gated SAEs (315 and 440 of 512 dead), and TopK does better at 3e-3 than at 1e-2: four values bracket
 # every family's optimum.
 LR_CANDIDATES = (1e-3, 3e-3, 1e-2, 3e-2)
-# The LR sweep's operating point per family is the middle point (index n // 2) of its shared frontier grid
-# (experiments.frontier_specs with the scale's sweep_points), so the chosen rate's runs are that frontier's
-# point; its seeds are the first n_seeds - 1 of the claims' seeds (at least one): a tuning step, not a claim.
+# The LR sweep's operating point per family is the middle point (index n // 2) of its operating grid
+# (experiments.frontier_specs with the scale's sweep_points), which the frontier (frontier_points) contains, so the
+# chosen rate's runs are a frontier point; its seeds are the first n_seeds - 1 of the claims' seeds (at least one): a tuning step, not a claim.
 
 
 def _default_options() -> dict[str, dict]:

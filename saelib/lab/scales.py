@@ -14,6 +14,16 @@ once and a longer budget (Protocol.budget) measures longer training, not only re
 Every compared point of a claim is trained at `n_seeds` seeds (3 at default; 2 at smoke, which only shows
 that the notebooks run).
 
+Two grids of sparsity coefficients per family (saelib.lab.experiments.frontier_specs, log-spaced over the same range):
+  sweep_points     the operating grid: where single-lambda experiments sit (an ablation arm at "the two central
+                   points", the LR sweep's operating point), so that they stay put when the frontier gets denser;
+  frontier_points  the reference frontiers every equal-L0 comparison reads (saelib.lab.pareto interpolates between
+                   neighbouring points). 3 x (sweep_points - 1) + 1 points contain the operating grid (7 contain 4),
+                   so the operating points are frontier points too (one cached run each).
+At default and long the frontiers have 7 points: with 4, the log-log interpolation between neighbours missed a
+measured interior point by more than the seed spread (notebook 08's leave-one-out check), and one equal-L0 verdict
+(JumpReLU vs Gated) changed between 4 and 7 points.
+
 A notebook reads its budget from `get_scale(scale)` and may override any field in its parameters cell.
 """
 from __future__ import annotations
@@ -32,15 +42,25 @@ class Scale:
     batch_size: int          # SAE training batch (tokens)
     train_steps: int         # SAE training steps
     expansion: int           # d_sae = expansion * d_in
-    sweep_points: int        # sparsity coefficients per frontier
+    sweep_points: int        # the operating grid: sparsity coefficients where single-lambda experiments sit
     probe_examples: int      # labelled examples in the sentiment-probe slice
     n_seeds: int = 3         # training seeds per compared point of a claim (saelib.lab.protocol.check_seeds)
+    frontier_points: int | None = None   # points of every reference frontier; None: sweep_points
 
     def __post_init__(self):
         check_choice("name", self.name, SCALES)
+        if self.frontier_points is None:
+            object.__setattr__(self, "frontier_points", self.sweep_points)
         for field in ("train_tokens", "eval_tokens", "batch_size", "train_steps", "expansion",
-                      "sweep_points", "probe_examples", "n_seeds"):
+                      "sweep_points", "probe_examples", "n_seeds", "frontier_points"):
             check_positive(field, getattr(self, field), integer=True)
+
+    @property
+    def frontier_nests_grid(self) -> bool:
+        """Whether the frontier's coefficients contain the operating grid's (frontier_points = k (sweep_points - 1) + 1)."""
+        if self.sweep_points == 1:
+            return self.frontier_points % 2 == 1
+        return (self.frontier_points - 1) % (self.sweep_points - 1) == 0
 
     @property
     def train_token_budget(self) -> int:
@@ -54,12 +74,12 @@ class Scale:
 PRESETS = {
     "smoke": Scale("smoke", train_tokens=16_384, eval_tokens=2_048, batch_size=256, train_steps=120,
                    expansion=2, sweep_points=2, probe_examples=300, n_seeds=2),
-    # 4 points per frontier x 3 seeds: log-log interpolation between them (saelib.lab.pareto); the equal-L0
-    # comparisons need the seeds more than a fifth point at this budget
+    # 7 points per frontier x 3 seeds (log-log interpolation between them, saelib.lab.pareto); the operating
+    # grid's 4 coefficients are among the 7
     "default": Scale("default", train_tokens=1_572_864, eval_tokens=32_768, batch_size=1024, train_steps=1500,
-                     expansion=4, sweep_points=4, probe_examples=1200),
+                     expansion=4, sweep_points=4, probe_examples=1200, frontier_points=7),
     "long": Scale("long", train_tokens=6_291_456, eval_tokens=32_768, batch_size=1024, train_steps=6000,
-                  expansion=4, sweep_points=4, probe_examples=1200),
+                  expansion=4, sweep_points=4, probe_examples=1200, frontier_points=7),
     "paper": Scale("paper", train_tokens=50_000_000, eval_tokens=1_048_576, batch_size=4096,
                    train_steps=100_000, expansion=16, sweep_points=8, probe_examples=1000),
 }
