@@ -81,3 +81,52 @@ def test_sweep_trains_every_spec_at_every_seed_spec_major_with_the_protocol(monk
     calls.clear()
     sweep(site, specs, 7, verbose=False, progress=False)                 # one seed, the old call
     assert [c[1:3] for c in calls[:2]] == [(0.1, 7), (0.2, 7)] and [c[:2] for c in calls[2:]] == [(0.1, 7), (0.2, 7)]
+
+
+def test_run_watched_is_the_same_training_as_run_and_fills_the_cache(monkeypatch, tmp_path):
+    """A watched run trains bitwise the SAE run() trains, stores it when the cache lacks it (so run() then loads
+    it), and hands back the wrapper that saw every batch."""
+    import torch
+
+    from saelib.lab import experiments
+    from saelib.lab.experiments import SAESpec, SyntheticSite, run, run_watched
+    from saelib.lab.protocol import Protocol
+    from saelib.lab.scales import get_scale
+
+    class Counting:                               # a batch source that only counts what it serves
+        def __init__(self, batches, sae):
+            from saelib.training.batches import as_batch_source
+            self.source, self.sae, self.served = as_batch_source(batches, 256, 1), sae, 0   # smoke batch, seed 1
+
+        def next_batch(self):
+            self.served += 1
+            return self.source.next_batch()
+
+        def state_dict(self):
+            return self.source.state_dict()
+
+        def load_state_dict(self, state):
+            self.source.load_state_dict(state)
+
+    site = SyntheticSite(get_scale("smoke", train_steps=12), seed=0, n_features=16, d_in=8)
+    spec, protocol = SAESpec("jumprelu", 1e-3), Protocol()
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path / "plain"))
+    plain = run(site, spec, seed=1, protocol=protocol)
+    assert not plain.loaded
+
+    monkeypatch.setenv("SAELIB_OUTPUT_DIR", str(tmp_path / "watched"))
+    watched, source = run_watched(site, spec, 1, watch=Counting, protocol=protocol)
+    assert isinstance(source, Counting) and source.served >= 12
+    for name, p in plain.sae.state_dict().items():
+        assert torch.equal(p, watched.sae.state_dict()[name]), name
+    assert watched.metrics == plain.metrics
+    calls = experiments._TRAIN_CALLS[0]
+    again = run(site, spec, seed=1, protocol=protocol)          # stored by run_watched: loaded, not trained
+    assert again.loaded and experiments._TRAIN_CALLS[0] == calls
+    for name, p in again.sae.named_parameters():
+        assert torch.equal(p, dict(plain.sae.named_parameters())[name]), name
+    # a second watched run trains again (its wrapper must see the batches) and leaves the cached run as it was
+    before = (again.path / "metrics.json").read_bytes()
+    _, source2 = run_watched(site, spec, 1, watch=Counting, protocol=protocol)
+    assert source2.served == source.served and (again.path / "metrics.json").read_bytes() == before

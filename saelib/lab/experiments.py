@@ -8,6 +8,8 @@ notebooks share is trained once.
     result = run(site, spec, seed=0, protocol=protocol)   # trains, or loads outputs/<scale>/runs/<key>/
     runs = sweep(site, specs, seeds=(0, 1, 2), protocol=protocol)   # every spec at every seed (spec-major)
     rows = [r.row() for r in runs]    # dicts: label, sparsity_coeff, seed, point, l0, fvu, delta_lm_loss, ...
+    result, monitor = run_watched(site, spec, 0, watch=lambda b, sae: ThresholdMonitor(b, sae, batch_size=1024),
+                                  protocol=protocol)      # the same run, watched between steps (and cached)
     frontier_specs("gated", n)        # the shared frontier grid; middle_points(specs, 2) for ablation arms
 
 The cache key is the site, the spec (label and `train` left out), the constructor options the run uses, the
@@ -23,7 +25,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -208,7 +210,7 @@ def _run_once(site: Site, spec: SAESpec, seed: int = 0, *, force: bool = False, 
         cached.seed = seed
         return cached
     try:
-        return _train_and_save(site, spec, seed, cfg, options, path)
+        return _train_and_save(site, spec, seed, cfg, options, path)[0]
     finally:
         run_claims.release(path)
 
@@ -230,22 +232,50 @@ def _train_unless_claimed(site: Site, spec: SAESpec, seed: int, *, force: bool, 
         run_claims.release(path)
 
 
-def _train_and_save(site: Site, spec: SAESpec, seed: int, cfg: TrainConfig, options: dict, path: Path) -> RunResult:
+def _train_and_save(site: Site, spec: SAESpec, seed: int, cfg: TrainConfig, options: dict, path: Path, *,
+                    save: bool = True, watch: Callable | None = None) -> tuple[RunResult, object]:
+    """Train one run (seeded SAE, the site's batches for `seed`), evaluate it, and save it in its cache folder
+    `path` (unless save=False). watch(batches, sae) may wrap the batch source; returns (result, the batch source
+    it trained on)."""
     d_sae = spec.d_sae or site.scale.expansion * site.d_in
     torch.manual_seed(seed)
     sae = create_sae(spec.architecture, site.d_in, d_sae, **options)
+    batches = site.train_batches(cfg.batch_size, seed)
+    if watch is not None:
+        batches = watch(batches, sae)
     _TRAIN_CALLS[0] += 1
     with timed("sae_training", scale=site.scale.name, saes=1, tokens=cfg.n_steps * cfg.batch_size):
-        history = train_sae(sae, site.train_batches(cfg.batch_size, seed), cfg)
+        history = train_sae(sae, batches, cfg)
     sae.eval()
     metrics = evaluate(site, sae)
     # the training objective on held-out activations (what the LR sweep of saelib.lab.protocol compares)
     metrics["objective"] = held_out_objective(sae, site.eval_acts, spec.sparsity_coeff)
-    save_sae(sae, path / "sae")
-    record = {"spec": asdict(spec), "options": options, "site": site.key, "train": asdict(cfg),
-              "metrics": metrics, "history": history}
-    atomic_write_json(path / "metrics.json", record, default=str)      # written last: the commit point
-    return RunResult(spec, sae, metrics, history, path, seed=seed)
+    if save:
+        save_sae(sae, path / "sae")
+        record = {"spec": asdict(spec), "options": options, "site": site.key, "train": asdict(cfg),
+                  "metrics": metrics, "history": history}
+        atomic_write_json(path / "metrics.json", record, default=str)      # written last: the commit point
+    return RunResult(spec, sae, metrics, history, path, seed=seed), batches
+
+
+def run_watched(site: Site, spec: SAESpec, seed: int = 0, *, watch: Callable,
+                protocol: Protocol | None = None) -> tuple[RunResult, object]:
+    """Train `spec` as run() does, with the batch source wrapped by watch(batches, sae) -> a batch source (e.g. a
+    saelib.eval.monitor.ThresholdMonitor, which measures the SAE between steps), and return (result, that source).
+
+    The wrapper only reads the SAE and passes the batches on, so this is the same training as run()'s (same seed,
+    batches, settings: bitwise the same SAE, tests/test_experiments_extra.py). It always trains (what the wrapper
+    records is not cached), and when the run cache lacks the run it stores it there, so that a later run() or
+    sweep() of the same spec and seed loads it instead of training it a second time."""
+    cfg, options, path = _planned(site, spec, seed, protocol)
+    store = not (path / "metrics.json").exists() and run_claims.try_claim(path)
+    try:
+        result, batches = _train_and_save(site, spec, seed, cfg, options, path, save=store, watch=watch)
+    finally:
+        if store:
+            run_claims.release(path)
+    result.loaded = False
+    return result, batches
 
 
 def load_cached_run(path: Path, spec: SAESpec, *, device: str = "cpu") -> RunResult | None:

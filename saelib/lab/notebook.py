@@ -37,7 +37,8 @@ class Settings:
         where = f"model {self.model!r}" + (f" at {self.hook}" if self.hook else "")
         return (f"scale {s.name!r}: {s.train_tokens:,} training / {s.eval_tokens:,} held-out tokens, "
                 f"batch {s.batch_size:,} x {s.train_steps:,} steps, d_sae = {s.expansion} x d_in, "
-                f"{s.frontier_points} SAEs per frontier (operating grid {s.sweep_points}) | seed {self.seed} | device {self.device} | {where}"
+                f"{s.frontier_points} SAEs per frontier (operating grid {s.sweep_points}) | seed {self.seed} | "
+                f"device {self.device} | {where}"
                 + (" | force_retrain" if self.force_retrain else ""))
 
 

@@ -61,8 +61,9 @@ UNTUNED_LR = 1e-3                      # used only by a Protocol whose learning 
 # every family's optimum.
 LR_CANDIDATES = (1e-3, 3e-3, 1e-2, 3e-2)
 # The LR sweep's operating point per family is the middle point (index n // 2) of its operating grid
-# (experiments.frontier_specs with the scale's sweep_points), which the frontier (frontier_points) contains, so the
-# chosen rate's runs are a frontier point; its seeds are the first n_seeds - 1 of the claims' seeds (at least one): a tuning step, not a claim.
+# (experiments.frontier_specs with the scale's sweep_points), which the frontier (frontier_points) contains, so
+# the chosen rate's runs are a frontier point; its seeds are the first n_seeds - 1 of the claims' seeds (at least
+# one): a tuning step, not a claim.
 
 
 def _default_options() -> dict[str, dict]:

@@ -57,10 +57,12 @@ class Scale:
 
     @property
     def frontier_nests_grid(self) -> bool:
-        """Whether the frontier's coefficients contain the operating grid's (frontier_points = k (sweep_points - 1) + 1)."""
+        """Whether the frontier's coefficients contain the operating grid's:
+        frontier_points = k (sweep_points - 1) + 1."""
+        points = self.frontier_points or self.sweep_points          # set in __post_init__
         if self.sweep_points == 1:
-            return self.frontier_points % 2 == 1
-        return (self.frontier_points - 1) % (self.sweep_points - 1) == 0
+            return points % 2 == 1
+        return (points - 1) % (self.sweep_points - 1) == 0
 
     @property
     def train_token_budget(self) -> int:
