@@ -428,6 +428,34 @@ def test_a_denser_frontier_keeps_the_lr_sweep_operating_point():
     assert lr_sweep_point("standard", smoke) == frontier_specs("standard", 2)[1]
 
 
+def test_frontier_points_default_to_the_operating_grid_and_contain_it():
+    from saelib.lab.experiments import default_max_k, frontier_specs, middle_points
+    from saelib.lab.scales import Scale
+
+    assert get_scale("default").frontier_points == get_scale("default").sweep_points == 4   # the 45-minute budget
+    assert get_scale("long").frontier_points == 7 and get_scale("long").sweep_points == 4
+    assert get_scale("smoke").frontier_points == 2
+    assert get_scale("default", frontier_points=7).frontier_points == 7
+    with pytest.raises(ValueError, match="frontier_points"):
+        get_scale("default").with_(frontier_points=0)
+    with pytest.raises(ValueError, match="frontier_points"):
+        Scale("default", 1, 1, 1, 1, 1, 4, 1, frontier_points=2.5)
+    # 3k + 1 or 2k + 1 points contain the 4 (and the operating points: the two central ones, the middle one)
+    for n, nests in ((4, True), (5, False), (7, True), (10, True), (6, False)):
+        scale = get_scale("long", frontier_points=n)
+        assert scale.frontier_nests_grid is nests, n
+        for family in ("standard", "gated", "jumprelu"):
+            grid, frontier = frontier_specs(family, scale.sweep_points), frontier_specs(family, n)
+            assert all(g in frontier for g in grid) is nests, (family, n)
+            if nests:
+                assert all(m in frontier for m in middle_points(grid, 2)), (family, n)
+    site = type("S", (), {"scale": get_scale("long"), "d_in": 128})()
+    ks = [s.options["k"] for s in frontier_specs("topk", 7, max_k=default_max_k(site))]
+    assert ks == [8, 16, 32, 64, 128]                     # every k of the ladder up to d_sae / 4: 5, not 7
+    assert set(s.options["k"] for s in frontier_specs("topk", 4, max_k=128)) <= set(ks)
+    assert get_scale("smoke", sweep_points=1, frontier_points=3).frontier_nests_grid
+
+
 # ----------------------------------------------------------------------------- why a claim fails
 
 def at(l0, diffs, *, spread=0.0):
