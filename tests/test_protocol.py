@@ -440,6 +440,13 @@ def test_frontier_points_default_to_the_operating_grid_and_contain_it():
         get_scale("default").with_(frontier_points=0)
     with pytest.raises(ValueError, match="frontier_points"):
         Scale("default", 1, 1, 1, 1, 1, 4, 1, frontier_points=2.5)
+    with pytest.raises(ValueError, match="frontier_points=3 is not allowed with sweep_points=4"):
+        get_scale("long", frontier_points=3, sweep_points=4)
+    quick = get_scale("long", frontier_points=2)                # a sparser frontier takes the grid down with it
+    assert (quick.sweep_points, quick.frontier_points) == (2, 2)
+    # a frontier that is the operating grid follows it; a denser one stays
+    assert get_scale("default", sweep_points=7).frontier_points == 7
+    assert get_scale("long", sweep_points=2).frontier_points == 7
     # 3k + 1 or 2k + 1 points contain the 4 (and the operating points: the two central ones, the middle one)
     for n, nests in ((4, True), (5, False), (7, True), (10, True), (6, False)):
         scale = get_scale("long", frontier_points=n)

@@ -18,8 +18,8 @@ Two grids of sparsity coefficients per family (saelib.lab.experiments.frontier_s
   sweep_points     the operating grid: where single-lambda experiments sit (an ablation arm at "the two central
                    points", the LR sweep's operating point), so that they stay put when the frontier gets denser;
   frontier_points  the reference frontiers every equal-L0 comparison reads (saelib.lab.pareto interpolates between
-                   neighbouring points). 3 x (sweep_points - 1) + 1 points contain the operating grid (7 contain 4),
-                   so the operating points are frontier points too (one cached run each).
+                   neighbouring points), at least sweep_points. k x (sweep_points - 1) + 1 points contain the
+                   operating grid (7 or 10 contain 4), so the operating points are frontier points too (one run each).
 At `long` the frontiers have 7 points: with 4, the log-log interpolation between neighbours misses a measured
 interior point by more than the seed spread (notebook 08's leave-one-out check), and one equal-L0 verdict (JumpReLU vs
 Gated) changes between 4 and 7 points, at both budgets. `default` keeps 4 so that run_all.sh stays within its
@@ -56,6 +56,9 @@ class Scale:
         for field in ("train_tokens", "eval_tokens", "batch_size", "train_steps", "expansion",
                       "sweep_points", "probe_examples", "n_seeds", "frontier_points"):
             check_positive(field, getattr(self, field), integer=True)
+        if self.frontier_points < self.sweep_points:
+            raise ValueError(f"frontier_points={self.frontier_points} is not allowed with sweep_points="
+                             f"{self.sweep_points}: a reference frontier has at least the operating grid's points")
 
     @property
     def frontier_nests_grid(self) -> bool:
@@ -71,8 +74,16 @@ class Scale:
         return self.batch_size * self.train_steps
 
     def with_(self, **changes) -> Scale:
-        """A copy with some fields replaced (None values are ignored), e.g. from a parameters cell."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with some fields replaced (None values are ignored), e.g. from a parameters cell. Given alone, a
+        sweep_points moves a frontier that is the operating grid (frontier_points == sweep_points) with it, and a
+        frontier_points below the operating grid's takes the grid down with it (e.g. n_points = 2 for a quick look)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "sweep_points" in changes and "frontier_points" not in changes and self.frontier_points == self.sweep_points:
+            changes["frontier_points"] = changes["sweep_points"]
+        if "frontier_points" in changes and "sweep_points" not in changes and \
+                isinstance(changes["frontier_points"], int) and 0 < changes["frontier_points"] < self.sweep_points:
+            changes["sweep_points"] = changes["frontier_points"]
+        return replace(self, **changes)
 
 
 PRESETS = {
