@@ -399,6 +399,23 @@ def test_leave_one_out_is_exact_on_a_power_law_and_sees_a_bend():
     assert all(math.isclose(c["error"], -0.3 * math.log(2) ** 2, rel_tol=1e-9) for c in bent)
 
 
+def test_spacing_error_estimate_is_a_quarter_of_the_leave_one_out_miss_on_a_parabola():
+    import math
+
+    from saelib.lab.pareto import interpolate_at, spacing_error_estimate
+
+    ratio, l0 = spacing_error_estimate(_bent_frontier(0.3), "delta_lm_loss")
+    # leave-one-out misses by 0.3 (log 2)^2 (neighbours 2 log 2 apart); the margin is 2 x the seed wobble 0.05
+    assert ratio == pytest.approx(0.3 * math.log(2) ** 2 / 4 / (2 * 0.05))
+    assert any(l0 == pytest.approx(v) for v in (4.0, 8.0, 16.0))
+    # and a quarter is what the frontier's own chord misses by: between L0 4 and 8, at their geometric midpoint
+    smooth = [r for r in _bent_frontier(0.3, noise=0.0) if r["seed"] == 0]
+    mid = math.sqrt(4.0 * 8.0)
+    truth = -math.log(mid) + 0.3 * (math.log(mid) - math.log(8.0)) ** 2
+    assert math.log(interpolate_at(smooth, mid, "delta_lm_loss")) - truth == pytest.approx(0.3 * math.log(2) ** 2 / 4)
+    assert math.isnan(spacing_error_estimate(_bent_frontier(0.3)[:6], "delta_lm_loss")[0])   # 2 points
+
+
 def test_interpolation_verdict_compares_the_miss_with_twice_the_seed_spread():
     from saelib.lab.pareto import interpolation_verdict
 

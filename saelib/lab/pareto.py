@@ -255,6 +255,18 @@ def leave_one_out(rows: Sequence[Mapping], y: str, *, x: str = "l0", by: str = "
     return sorted(out, key=lambda r: r[x])
 
 
+def spacing_error_estimate(rows: Sequence[Mapping], y: str, *, x: str = "l0") -> tuple[float, float]:
+    """An estimate, not a bound: the frontier's own interpolation error as a fraction of the comparison margin.
+
+    A leave-one-out gap is twice the frontier's spacing, and a chord's error on a smoothly bent log-log curve grows
+    as its length squared, so the error of the frontier's own chords is about a quarter of `leave_one_out`'s (exact
+    for a parabola in log-log). Returns (largest |mean error| / 4 / (2 x seed sd) over the interior points, its x);
+    (nan, nan) with no interior point or no seed spread."""
+    ratios = [(abs(c["error"]) / 4 / (2 * c["seed_sd"]), c[x]) for c in leave_one_out(rows, y, x=x)
+              if c["seed_sd"] > 0]
+    return max(ratios) if ratios else (math.nan, math.nan)
+
+
 def interpolation_verdict(rows: Sequence[Mapping], y: str, *, what: str = "") -> tuple[bool, str, int]:
     """Is the frontier dense enough for equal-L0 readings? Holds when at every interior point the mean
     leave-one-out error (an upper bound, see `leave_one_out`) is smaller than the equivalence margin of the
