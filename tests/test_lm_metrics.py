@@ -89,6 +89,27 @@ def test_clean_ce_is_the_models_loss_and_the_shortcut_is_exact(model, tokens):
     assert result.ce_zero == pytest.approx(full.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("hook_name", ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post",
+                                       "blocks.2.hook_resid_pre", "blocks.0.attn.hook_z"])
+def test_restarting_after_the_hook_is_exact(model, tokens, hook_name):
+    """The spliced run restarts from a stored clean activation (after the hook for a block's hook_resid_post, the
+    last block included; at the hook's block otherwise): the SAE's CE is bitwise that of a whole forward pass with
+    the splicing hook."""
+    from saelib.eval import lm_metrics
+
+    torch.manual_seed(0)
+    d_in = kept_activations(model, tokens[:1], hook_name, exclude(model)).shape[-1]
+    sae = ReLUSAE(d_in, 4 * d_in)
+    scale = site_scale(model, tokens, hook_name)
+    restarted = evaluate_lm(model, sae, hook_name, tokens, scale=scale, batch_size=7)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lm_metrics, "_restart", lambda model, hook_name: None)       # whole forward passes
+        whole = evaluate_lm(model, sae, hook_name, tokens, scale=scale, batch_size=7)
+    assert restarted == whole
+    if hook_name.endswith("hook_resid_post"):
+        assert lm_metrics._restart(model, hook_name).layer == int(hook_name.split(".")[1]) + 1
+
+
 @pytest.mark.parametrize("keep_resid", [True, False])
 def test_a_shared_reference_gives_the_same_numbers(model, tokens, keep_resid):
     """lm_reference (the clean and zero runs, computed once per site) changes nothing in the result."""

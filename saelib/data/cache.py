@@ -99,7 +99,8 @@ def _read_cache(path: Path) -> tuple[dict, np.ndarray]:
     try:
         n_tokens, d_in, dtype = int(meta["n_tokens"]), int(meta["d_in"]), meta["dtype"]
         check_choice("dtype", dtype, STORAGE_DTYPES)
-        array = np.load(path / "activations.npy", mmap_mode="r")             # [n_tokens, d_in]
+        # copy-on-write: pages are read from the file on demand and never written back (torch needs a writable array)
+        array = np.load(path / "activations.npy", mmap_mode="c")             # [n_tokens, d_in]
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise ValueError(f"{path}: damaged activation cache ({e}); write it again with cache_activations(...)") \
             from e
@@ -132,6 +133,9 @@ class ActivationCache:
             raise ValueError(f"batch_size={batch_size} must be a multiple of world_size={world_size}")
         self.rank, self.world_size = rank, world_size
         self.path, self.batch_size = path, batch_size
+        # the memmap as a tensor (no copy): torch's index_select gathers a batch's rows ~2x faster than numpy's
+        # fancy indexing of a memmap. bfloat16 is stored as uint16 bits, read through int16 (same bits)
+        self.rows = torch.from_numpy(self.array.view(np.int16) if self.meta["dtype"] == "bfloat16" else self.array)
         self.hook_name, self.d_in, self.dtype = self.meta["hook_name"], self.meta["d_in"], self.meta["dtype"]
         if batch_size > len(self):
             raise ValueError(f"batch_size={batch_size} is out of range; allowed: <= {len(self)} (cached activations)")
@@ -147,14 +151,14 @@ class ActivationCache:
     def __len__(self) -> int:
         return self.array.shape[0]
 
-    def _to_tensor(self, rows: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.require(rows, requirements=["C", "W"]))       # copies memmap slices only
-        return (t.view(torch.bfloat16) if self.dtype == "bfloat16" else t).to(torch.float32)
+    def _as_float32(self, rows: torch.Tensor) -> torch.Tensor:
+        """Stored rows as float32 (rows themselves when stored as float32: a view of the memmap stays a view)."""
+        return (rows.view(torch.bfloat16) if self.dtype == "bfloat16" else rows).to(torch.float32)
 
     def tensor(self, start: int = 0, stop: int | None = None, scaled: bool = True) -> torch.Tensor:
-        """Rows [start, stop) as float32 [n, d_in], scaled by `scale` unless scaled=False."""
-        t = self._to_tensor(self.array[start:stop])
-        return t * self.scale if scaled else t
+        """Rows [start, stop) as float32 [n, d_in], scaled by `scale` unless scaled=False (a copy either way)."""
+        t = self._as_float32(self.rows[start:stop])
+        return t * self.scale if scaled else t.clone()
 
     def next_batch(self) -> torch.Tensor:
         """[batch_size / world_size, d_in] float32, scaled: this rank's share of the global batch.
@@ -165,9 +169,9 @@ class ActivationCache:
         if self.served + self.batch_size > len(self):               # new epoch, new order
             self.perm = torch.randperm(len(self), generator=self.generator)
             self.served, self.epoch = 0, self.epoch + 1
-        idx = self.perm[self.served:self.served + self.batch_size][self.rank::self.world_size].sort().values.numpy()
+        idx = self.perm[self.served:self.served + self.batch_size][self.rank::self.world_size].sort().values
         self.served += self.batch_size
-        return self._to_tensor(self.array[idx]) * self.scale
+        return self._as_float32(self.rows.index_select(0, idx)) * self.scale
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:

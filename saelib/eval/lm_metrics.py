@@ -73,25 +73,39 @@ def _splice_hook(replace, keep: torch.Tensor):
     return hook
 
 
-def _block_index(model, hook_name: str) -> int | None:
-    """Block whose forward contains the hook, if the rest of the model can be re-run from its input."""
-    match = re.match(r"blocks\.(\d+)\.", hook_name)
+@dataclass(frozen=True)
+class _Restart:
+    """Where a spliced run restarts from a stored clean activation: `stored` (a hook name) is kept per batch and the
+    run starts at block `layer` from it. `splice_stored`: the stored activation is the spliced one (a block's
+    hook_resid_post: splice it, then run the blocks after it); otherwise the run re-enters block `layer` from its
+    input and the hook splices inside it."""
+    layer: int
+    stored: str
+    splice_stored: bool
+
+
+def _restart(model, hook_name: str) -> _Restart | None:
+    """How a spliced run of `hook_name` can skip the blocks before it (None: it cannot, run the whole model)."""
+    match = re.match(r"blocks\.(\d+)\.(.+)$", hook_name)
     if match is None or model.cfg.positional_embedding_type == "shortformer":
         return None
-    return int(match.group(1))
+    layer = int(match.group(1))
+    if match.group(2) == "hook_resid_post":                # the block's output is the next block's input
+        return _Restart(layer + 1, hook_name, splice_stored=True)
+    return _Restart(layer, f"blocks.{layer}.hook_resid_pre", splice_stored=False)
 
 
 @dataclass
 class LMReference:
     """What every SAE's evaluation on the same (model, hook, tokens) shares, computed once by `lm_reference`:
-    per batch the residual entering the hook's block (to restart the SAE run there) and the clean and
-    zero-ablated CE sums. Passing it to `evaluate_lm` gives the same numbers with one partial forward per batch
-    instead of three."""
+    per batch the clean residual where the SAE run restarts (the hook's own activation for a hook_resid_post,
+    else the residual entering the hook's block) and the clean and zero-ablated CE sums. Passing it to
+    `evaluate_lm` gives the same numbers with one partial forward per batch instead of three."""
 
     hook_name: str
     n_rows: int
     batch_size: int
-    resid: list            # per batch: [b, seq, d_model] residual entering the block, or None
+    resid: list            # per batch: [b, seq, d_model] the stored clean residual (see _Restart), or None
     clean_sums: list[float]
     zero_sums: list[float]
 
@@ -106,12 +120,15 @@ def _batches(model, tokens, batch_size, exclude_token_ids, pad_token_id):
         yield i, batch, keep, targets
 
 
-def _spliced_loss(model, hook_name, layer, batch, keep, replace, resid):
-    fwd_hooks = [(hook_name, _splice_hook(replace, keep))]
-    if layer is None:
-        return model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
-    return model.run_with_hooks(resid, start_at_layer=layer, tokens=batch, return_type="loss",
-                                loss_per_token=True, fwd_hooks=fwd_hooks)               # [b, seq-1]
+def _spliced_loss(model, hook_name, restart, batch, keep, replace, resid):
+    splice = _splice_hook(replace, keep)
+    if restart is None:
+        return model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, splice)])
+    if restart.splice_stored:       # the same tensor the hook would see: splice it here, run the blocks after it
+        return model(splice(resid, None), start_at_layer=restart.layer, tokens=batch, return_type="loss",
+                     loss_per_token=True)                                              # [b, seq-1]
+    return model.run_with_hooks(resid, start_at_layer=restart.layer, tokens=batch, return_type="loss",
+                                loss_per_token=True, fwd_hooks=[(hook_name, splice)])  # [b, seq-1]
 
 
 def _defaults(model, exclude_token_ids, pad_token_id):
@@ -133,14 +150,14 @@ def lm_reference(model, hook_name: str, tokens: torch.Tensor, *, batch_size: int
     check_hook_name(model, hook_name)
     check_positive("batch_size", batch_size, integer=True)
     exclude_token_ids, pad_token_id = _defaults(model, exclude_token_ids, pad_token_id)
-    layer = _block_index(model, hook_name)
+    restart = _restart(model, hook_name)
     ref = LMReference(hook_name, tokens.shape[0], batch_size, [], [], [])
     for _, batch, keep, targets in _batches(model, tokens, batch_size, exclude_token_ids, pad_token_id):
         stored: dict[str, torch.Tensor] = {}
-        fwd_hooks = [] if layer is None else [
-            (f"blocks.{layer}.hook_resid_pre", lambda act, hook, stored=stored: stored.setdefault("resid", act))]
+        fwd_hooks = [] if restart is None else [
+            (restart.stored, lambda act, hook, stored=stored: stored.setdefault("resid", act))]
         clean = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
-        zero = _spliced_loss(model, hook_name, layer, batch, keep, torch.zeros_like, stored.get("resid"))
+        zero = _spliced_loss(model, hook_name, restart, batch, keep, torch.zeros_like, stored.get("resid"))
         ref.resid.append(stored.get("resid") if keep_resid else None)
         ref.clean_sums.append(clean[targets].double().sum().item())
         ref.zero_sums.append(zero[targets].double().sum().item())
@@ -176,7 +193,7 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
     sae_param = next(sae.parameters())
     metrics = MetricsAccumulator()
     sae_sum, n_predictions = 0.0, 0
-    layer = _block_index(model, hook_name)
+    restart = _restart(model, hook_name)
 
     def reconstruct(x):                                           # x: [n, d_in], model space
         x_scaled = (x * scale).to(sae_param.dtype)                # normalise
@@ -190,9 +207,9 @@ def evaluate_lm(model, sae: torch.nn.Module, hook_name: str, tokens: torch.Tenso
                                         total=len(reference.clean_sums)):
         n_predictions += int(targets.sum())
         resid = reference.resid[i]
-        if resid is None and layer is not None:
-            resid = model(batch, stop_at_layer=layer)                             # [b, seq, d_model]
-        loss = _spliced_loss(model, hook_name, layer, batch, keep, reconstruct, resid)
+        if resid is None and restart is not None:      # the residual entering block restart.layer
+            resid = model(batch, stop_at_layer=restart.layer)                     # [b, seq, d_model]
+        loss = _spliced_loss(model, hook_name, restart, batch, keep, reconstruct, resid)
         sae_sum += loss[targets].double().sum().item()
 
     if n_predictions == 0:
