@@ -437,7 +437,7 @@ def test_a_denser_frontier_keeps_the_lr_sweep_operating_point():
     for family in ("standard", "gated", "jumprelu", "topk"):
         points = {}
         for n in (4, 7, 10):
-            site = SimpleNamespace(scale=get_scale("default", sweep_points=n), d_in=128)
+            site = SimpleNamespace(scale=get_scale("default", sweep_points=n, frontier_points=n), d_in=128)
             points[n] = lr_sweep_point(family, site)
             assert points[n] in frontier_specs(family, n, max_k=default_max_k(site))   # a frontier run: no extra SAE
         assert points[4] == points[7] == points[10], family
@@ -449,10 +449,10 @@ def test_frontier_points_default_to_the_operating_grid_and_contain_it():
     from saelib.lab.experiments import default_max_k, frontier_specs, middle_points
     from saelib.lab.scales import Scale
 
-    assert get_scale("default").frontier_points == get_scale("default").sweep_points == 4   # the 45-minute budget
-    assert get_scale("long").frontier_points == 7 and get_scale("long").sweep_points == 4
+    for name in ("default", "long"):
+        assert get_scale(name).frontier_points == 7 and get_scale(name).sweep_points == 4, name
     assert get_scale("smoke").frontier_points == 2
-    assert get_scale("default", frontier_points=7).frontier_points == 7
+    assert get_scale("default", frontier_points=4).frontier_points == 4                 # the quicker look
     with pytest.raises(ValueError, match="frontier_points"):
         get_scale("default").with_(frontier_points=0)
     with pytest.raises(ValueError, match="frontier_points"):
@@ -462,7 +462,7 @@ def test_frontier_points_default_to_the_operating_grid_and_contain_it():
     quick = get_scale("long", frontier_points=2)                # a sparser frontier takes the grid down with it
     assert (quick.sweep_points, quick.frontier_points) == (2, 2)
     # a frontier that is the operating grid follows it; a denser one stays
-    assert get_scale("default", sweep_points=7).frontier_points == 7
+    assert get_scale("smoke", sweep_points=3).frontier_points == 3
     assert get_scale("long", sweep_points=2).frontier_points == 7
     # 3k + 1 or 2k + 1 points contain the 4 (and the operating points: the two central ones, the middle one)
     for n, nests in ((4, True), (5, False), (7, True), (10, True), (6, False)):

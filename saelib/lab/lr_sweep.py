@@ -36,8 +36,9 @@ OPERATING_GRID = 4   # the LR sweep's operating point is read on a frontier grid
 def lr_sweep_point(family: str, site: Site) -> SAESpec:
     """The LR sweep's operating point for `family`: the middle spec (the upper of the two central ones) of its
     operating grid with min(sweep_points, OPERATING_GRID) points. A frontier of 3 * k + 1 points (the scale's
-    frontier_points: 7 at long) contains the 4-point grid (the coefficients are log-spaced between the same ends),
-    so a denser frontier adds points without moving the operating point, the sweep's runs or the chosen rates."""
+    frontier_points: 7 at default and long) contains the 4-point grid (the coefficients are log-spaced between the
+    same ends), so a denser frontier adds points without moving the operating point, the sweep's runs or the chosen
+    rates."""
     from saelib.lab.experiments import default_max_k, frontier_specs
 
     specs = frontier_specs(family, min(site.scale.sweep_points, OPERATING_GRID), max_k=default_max_k(site))
