@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def main(argv=None) -> None:
     model, hook, tokens = site.model, site.hook, site.lm_tokens
 
     def lm_eval(restart) -> dict:
-        with _patched(lm_metrics, "_restart", restart):
+        with mock.patch.object(lm_metrics, "_restart", restart):
             ref = lm_metrics.lm_reference(model, hook, tokens)
             t0 = time.perf_counter()
             result = lm_metrics.evaluate_lm(model, sae, hook, tokens, scale=site.scale_factor, reference=ref)
@@ -104,18 +105,6 @@ def main(argv=None) -> None:
           f"after block 2 (now) {statistics.median(times['lm now']):.3f} s   "
           f"now/before {ratio('lm now', 'lm before'):.2f}")
     print("  (both bitwise the same as before: checked above)")
-
-
-class _patched:
-    def __init__(self, module, name, value):
-        self.module, self.name, self.value = module, name, value
-
-    def __enter__(self):
-        self.old = getattr(self.module, self.name)
-        setattr(self.module, self.name, self.value)
-
-    def __exit__(self, *exc):
-        setattr(self.module, self.name, self.old)
 
 
 if __name__ == "__main__":
