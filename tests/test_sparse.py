@@ -3,9 +3,11 @@ codes, reconstruction and gradients, in float64, for every variant; sparse when 
 fallback otherwise; bitwise deterministic on two threads."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from saelib import GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 from saelib.fast import SPARSE_MAX_DENSITY, training_loss
+from saelib.fast import sparse as S
 from saelib.fast.sparse import Support, densify, sparse_decode, support_above
 
 
@@ -204,6 +206,44 @@ def test_support_and_decode_helpers():
     torch.testing.assert_close(sparse_decode(values, s, W_dec), pi @ W_dec)
     empty = Support(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 2)
     assert sparse_decode(torch.zeros(0), empty, W_dec).abs().sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cut", ["number", "vector"])
+def test_support_through_numpy_is_torchs_support_bit_for_bit(dtype, cut):
+    """support_above reads float32/float64 codes through numpy (faster); the pairs, their order and the
+    dense-or-sparse decision are those of torch's (pi > cut).nonzero(), NaN and ties at the cut included."""
+    g = torch.Generator().manual_seed(0)
+    pi = torch.randn(300, 64, generator=g, dtype=dtype) - 1.5                  # ~7% above 0
+    pi[3, 5], pi[7, :4] = float("nan"), 0.0                                     # NaN is never above; ties are not
+    threshold = 0.0 if cut == "number" else (torch.randn(64, generator=g, dtype=dtype) * 0.1).clamp(max=0.05)
+    if cut == "vector":
+        pi[9, 10] = threshold[10]
+    above = pi > threshold
+    rows, cols = above.nonzero(as_tuple=True)
+    for max_density in (1.0, 0.2, above.float().mean().item() * 0.99, 0.0):
+        s = support_above(pi.clone().requires_grad_(), threshold, max_density)
+        expected_dense = max_density == 0.0 or int(above.sum()) > max_density * above.numel() or \
+            int(above[:256].sum()) > 2 * max_density * above[:256].numel()
+        assert (s is None) == expected_dense, max_density
+        if s is not None:
+            assert torch.equal(s.rows, rows) and torch.equal(s.cols, cols) and s.batch == 300
+            assert s.rows.dtype == s.cols.dtype == torch.int64
+
+
+def test_per_sample_weights_grad_is_autograds_bit_for_bit():
+    """The sparse decode's value gradient calls torch's embedding-bag backward kernel directly: the same
+    bits as autograd through F.embedding_bag (empty bags included)."""
+    g = torch.Generator().manual_seed(1)
+    above = torch.rand(200, 96, generator=g) < 0.05
+    above[[0, 17, 199]] = False
+    rows, cols = above.nonzero(as_tuple=True)
+    values, W = torch.randn(len(rows), generator=g), torch.randn(96, 40, generator=g)
+    grad = torch.randn(200, 40, generator=g)
+    offsets = Support(rows, cols, 200).offsets
+    v = values.clone().requires_grad_()
+    expected, = torch.autograd.grad(F.embedding_bag(cols, W, offsets, per_sample_weights=v, mode="sum"), v, grad)
+    assert torch.equal(S.per_sample_weights_grad(grad, W, rows, cols, offsets), expected)
 
 
 def test_sparse_step_is_deterministic_on_two_threads():

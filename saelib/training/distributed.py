@@ -98,9 +98,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
+def is_distributed() -> bool:
+    """True inside a process group of more than one rank (torchrun with several processes)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce ("sum", "mean" or "max"); a no-op outside a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return tensor
     if op == "mean":
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -112,7 +117,7 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate along dim 0 the tensors of every rank, in rank order (same shape on every rank)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
@@ -121,7 +126,7 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_gather_objects(obj) -> list:
     """Every rank's `obj` (small Python objects: data-source positions), in rank order."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -130,7 +135,7 @@ def all_gather_objects(obj) -> list:
 
 def broadcast_object(obj, src: int = 0):
     """`obj` as rank `src` has it, on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -138,5 +143,5 @@ def broadcast_object(obj, src: int = 0):
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         dist.barrier()
