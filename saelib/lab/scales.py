@@ -23,7 +23,7 @@ Two grids of sparsity coefficients per family (saelib.lab.experiments.frontier_s
 At `default` and `long` the frontiers have 7 points: with 4, the log-log interpolation between neighbours misses a
 measured interior point by more than the seed spread (notebook 08's leave-one-out check), and one equal-L0 verdict
 (JumpReLU vs Gated) changes between 4 and 7 points, at both budgets (notebook 08 §3 reports it). With 7 points the
-whole default run measured 44.5 and 49.4 minutes from an empty run cache, around its 45-minute target
+whole default run measured 41.2 and 41.4 minutes from an empty run cache, within its 45-minute target
 (benchmarks/README.md); `n_points = 4` in a notebook's parameters (or get_scale("default", frontier_points=4)) is
 the quicker look.
 
@@ -91,7 +91,7 @@ PRESETS = {
     "smoke": Scale("smoke", train_tokens=16_384, eval_tokens=2_048, batch_size=256, train_steps=120,
                    expansion=2, sweep_points=2, probe_examples=300, n_seeds=2),
     # 7 points per reference frontier x 3 seeds (log-log interpolation between them, saelib.lab.pareto), containing
-    # the 4-point operating grid; run_all.sh measured 44.5 and 49.4 minutes with them (41.5 with 4 points)
+    # the 4-point operating grid; run_all.sh measured 41.2 and 41.4 minutes with them
     "default": Scale("default", train_tokens=1_572_864, eval_tokens=32_768, batch_size=1024, train_steps=1500,
                      expansion=4, sweep_points=4, probe_examples=1200, frontier_points=7),
     "long": Scale("long", train_tokens=6_291_456, eval_tokens=32_768, batch_size=1024, train_steps=6000,
